@@ -1,0 +1,201 @@
+"""A local diffusers model behind the batching scheduler, as one `ImageBackend`.
+
+One worker thread owns the pipeline: it loads it and runs every batch, so nothing else touches
+it and no locks are needed. The event loop only queues jobs and awaits the thread. Images come back as
+PIL images; encoding and storage happen in the service, off this thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from pipelines.device import Placement, choose_placement
+from pipelines.loading import WeightsLocation, load_pipeline, locate_weights
+from pipelines.scheduler import BatchKey, BatchScheduler, DeviceOutOfMemory, ImageJobSpec
+from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult, Readiness
+from server.errors import ModelUnavailable
+
+if TYPE_CHECKING:
+    from server.registry import ModelSpec
+    from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SEED_MODULUS = 2**32
+
+
+class DiffusersRunner:
+    """Runs batches of a loaded pipeline on its own single worker thread."""
+
+    def __init__(self, spec: ModelSpec, location: WeightsLocation, settings: Settings, placement: Placement):
+        self._spec = spec
+        self._location = location
+        self._settings = settings
+        self.placement = placement
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{spec.id}")
+        self._pipe: Any = None
+
+    async def load(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._load_sync)
+
+    def _load_sync(self) -> None:
+        if self._pipe is not None:
+            return
+        logger.info("loading %s (%s) on %s from %s", self._spec.id, self._spec.kind, self.placement,
+                    self._location.detail)
+        self._pipe = load_pipeline(self._spec.kind, self._location, self._settings.model_cache,
+                                   self.placement.device, self.placement.torch_dtype())
+        logger.info("loaded %s on %s", self._spec.id, self.placement)
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> list[Any]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_sync, key, list(specs))
+
+    def _call_arguments(self, key: BatchKey, specs: list[ImageJobSpec]) -> dict[str, Any]:
+        import torch
+
+        # CPU generators: the same seed gives the same latents on any device, alone or in a batch.
+        arguments: dict[str, Any] = {
+            "prompt": [spec.prompt for spec in specs],
+            "width": key.width,
+            "height": key.height,
+            "num_inference_steps": key.steps,
+            "guidance_scale": key.guidance,
+            "generator": [torch.Generator("cpu").manual_seed(spec.seed) for spec in specs],
+            "output_type": "pil",
+        }
+        if key.max_sequence_length is not None:
+            arguments["max_sequence_length"] = key.max_sequence_length
+        if "negative_prompt" in self._spec.extra_params:
+            arguments["negative_prompt"] = [spec.negative_prompt or "" for spec in specs]
+        return arguments
+
+    def _run_sync(self, key: BatchKey, specs: list[ImageJobSpec]) -> list[Any]:
+        import torch
+
+        self._load_sync()
+        try:
+            return list(self._pipe(**self._call_arguments(key, specs)).images)
+        except torch.OutOfMemoryError as exc:
+            if self.placement.device == "cuda":
+                torch.cuda.empty_cache()
+            raise DeviceOutOfMemory(str(exc)) from exc
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class LocalDiffusersBackend:
+    """Validated requests in, PIL images out, through the scheduler and the worker thread."""
+
+    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+        self.spec = spec
+        self._settings = settings
+        self._model_settings = settings.model_settings(spec.id)
+        self._runner: DiffusersRunner | None = None
+        self._scheduler: BatchScheduler | None = None
+        self._load_lock: asyncio.Lock | None = None
+        self._load_error: str | None = None
+
+    def _location(self) -> WeightsLocation:
+        return locate_weights(self.spec.kind, self.spec.source, self._settings.model_cache)
+
+    def placement(self) -> Placement:
+        return choose_placement(self._settings.device, self._model_settings.dtype or self._settings.dtype)
+
+    def readiness(self) -> Readiness:
+        location = self._location()
+        if not location.found:
+            return Readiness(False, f"{location.detail}; run `imageserve pull {self.spec.id}`")
+        if self._load_error:
+            return Readiness(False, f"failed to load: {self._load_error}")
+        state = "loaded" if self._runner and self._runner.loaded else "loads on first request"
+        return Readiness(True, f"{location.detail}; {state}")
+
+    async def start(self) -> None:
+        """Nothing heavy here: weights load on first use, or at start via `preload`."""
+        self._load_lock = asyncio.Lock()
+
+    async def preload(self) -> None:
+        await self._ensure_loaded()
+
+    async def _ensure_loaded(self) -> BatchScheduler:
+        if self._scheduler is not None:
+            return self._scheduler
+        if self._load_lock is None:
+            self._load_lock = asyncio.Lock()
+        async with self._load_lock:
+            if self._scheduler is not None:
+                return self._scheduler
+            location = self._location()
+            if not location.found:
+                raise ModelUnavailable(
+                    f"Model '{self.spec.id}' has no weights here ({location.detail}). "
+                    f"Fetch them with `imageserve pull {self.spec.id}`, or set `source` under "
+                    f"[models.{self.spec.id}] to a diffusers folder."
+                )
+            runner = DiffusersRunner(self.spec, location, self._settings, self.placement())
+            try:
+                await runner.load()
+            except Exception as exc:
+                runner.close()
+                self._load_error = type(exc).__name__
+                logger.exception("could not load model %s", self.spec.id)
+                raise ModelUnavailable(f"Model '{self.spec.id}' failed to load; see the server log.") from exc
+            self._load_error = None
+            self._runner = runner
+            self._scheduler = BatchScheduler(
+                runner,
+                max_batch_images=self._model_settings.max_batch_images,
+                max_wait_s=self._settings.batch_wait_ms / 1000,
+                max_queue_images=self._settings.max_queue_images,
+                name=self.spec.id,
+            )
+            self._scheduler.start()
+            return self._scheduler
+
+    def batch_key(self, request: GenerationRequest) -> BatchKey:
+        steps = request.num_inference_steps or self.spec.default_steps or 28
+        guidance = request.guidance_scale if request.guidance_scale is not None else self.spec.default_guidance
+        return BatchKey(self.spec.id, request.width, request.height, steps, float(guidance or 0.0),
+                        self.spec.max_sequence_length)
+
+    @staticmethod
+    def seeds_for(request: GenerationRequest) -> list[int]:
+        """`n` images get `seed, seed+1, ...`; no seed means a random one, which is returned."""
+        first = request.seed if request.seed is not None else secrets.randbelow(SEED_MODULUS)
+        return [(first + offset) % SEED_MODULUS for offset in range(request.n)]
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        scheduler = await self._ensure_loaded()
+        seeds = self.seeds_for(request)
+        specs = [ImageJobSpec(request.prompt, seed, request.negative_prompt) for seed in seeds]
+        results = await scheduler.generate(self.batch_key(request), specs, request.request_id)
+        batches = {result.batch_id: result.device_ms for result in results}
+        return GenerationResult(
+            images=[GeneratedImage(image=result.output, seed=seed) for result, seed in zip(results, seeds, strict=True)],
+            width=request.width,
+            height=request.height,
+            quality=request.quality,
+            batch_size=max(result.batch_size for result in results),
+            device_ms=round(sum(batches.values()), 1),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        placement = self.placement()
+        return {"device": placement.device, "dtype": placement.dtype,
+                "max_batch_images": self._model_settings.max_batch_images}
+
+    async def close(self) -> None:
+        if self._scheduler is not None:
+            await self._scheduler.close()
+        if self._runner is not None:
+            self._runner.close()

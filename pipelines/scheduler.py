@@ -1,0 +1,264 @@
+"""The batching scheduler: plain asyncio, no torch, so it is tested against a fake runner.
+
+One scheduler per local model. Jobs are single images. Jobs with the same `BatchKey` (model, size,
+steps, guidance, sequence length) are merged into one runner call, up to `max_batch_images`, waiting
+at most `max_wait_s` after the oldest queued job arrived. A job queued while the device was busy has
+already waited, so when the device frees up the next batch starts at once: batching never adds idle
+time. Jobs whose future is already done (the client went away) are dropped before they cost device
+time. If a batch fails, every job in it gets the error; a batch that runs out of device memory is
+split in halves and retried, down to single images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from server.errors import ApiError, GenerationFailed, InsufficientResources, ServerOverloaded
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """What must be equal for images to share one pipeline call."""
+
+    model: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    max_sequence_length: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageJobSpec:
+    """What varies per image inside a batch."""
+
+    prompt: str
+    seed: int
+    negative_prompt: str | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    key: BatchKey
+    spec: ImageJobSpec
+    future: asyncio.Future[JobResult]
+    enqueued_at: float
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class JobResult:
+    output: Any
+    batch_size: int
+    device_ms: float
+    batch_id: int
+
+
+class DeviceOutOfMemory(Exception):
+    """Raised by a runner when a batch does not fit on the device."""
+
+
+class BatchRunner(Protocol):
+    async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> list[Any]:
+        """Return exactly one output per spec, in order."""
+        ...
+
+
+@dataclass
+class SchedulerStats:
+    batches: int = 0
+    images: int = 0
+    device_seconds: float = 0.0
+    dropped_jobs: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class BatchScheduler:
+    def __init__(
+        self,
+        runner: BatchRunner,
+        *,
+        max_batch_images: int,
+        max_wait_s: float,
+        max_queue_images: int,
+        name: str = "model",
+        clock: Callable[[], float] = time.monotonic,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        if max_batch_images < 1:
+            raise ValueError("max_batch_images must be at least 1")
+        if max_wait_s < 0:
+            raise ValueError("max_wait_s must not be negative")
+        if max_queue_images < 1:
+            raise ValueError("max_queue_images must be at least 1")
+        self._runner = runner
+        self._max_batch = max_batch_images
+        self._max_wait = max_wait_s
+        self._max_queue = max_queue_images
+        self._name = name
+        self._clock = clock
+        self._on_batch = on_batch
+        self._queue: list[Job] = []
+        self._arrival = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._batch_counter = 0
+        self.stats = SchedulerStats()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"scheduler-{self._name}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for job in self._queue:
+            if not job.future.done():
+                job.future.set_exception(ServerOverloaded("The server is shutting down.", retry_after=10))
+        self._queue.clear()
+
+    # -- submitting --------------------------------------------------------------------------------
+
+    @property
+    def queued_images(self) -> int:
+        return sum(1 for job in self._queue if not job.future.done())
+
+    def submit_many(self, key: BatchKey, specs: Sequence[ImageJobSpec], request_id: str = "") -> list[Job]:
+        """Queue all images of one request, or none of them if the queue cannot take them all."""
+        if self._task is None:
+            self.start()
+        if self.queued_images + len(specs) > self._max_queue:
+            raise ServerOverloaded(
+                f"Model '{self._name}' is busy: its queue is full. Retry in a few seconds.", retry_after=5
+            )
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        jobs = [Job(key, spec, loop.create_future(), now, request_id) for spec in specs]
+        self._queue.extend(jobs)
+        self._arrival.set()
+        return jobs
+
+    async def generate(self, key: BatchKey, specs: Sequence[ImageJobSpec], request_id: str = "") -> list[JobResult]:
+        """Queue the images and wait for all of them; cancelling this cancels every queued job."""
+        jobs = self.submit_many(key, specs, request_id)
+        try:
+            return list(await asyncio.gather(*(job.future for job in jobs)))
+        except BaseException:
+            for job in jobs:
+                job.future.cancel()
+            raise
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def _drop_abandoned(self) -> None:
+        kept = [job for job in self._queue if not job.future.done()]
+        self.stats.dropped_jobs += len(self._queue) - len(kept)
+        self._queue = kept
+
+    def _matching(self, key: BatchKey) -> list[Job]:
+        return [job for job in self._queue if job.key == key and not job.future.done()][: self._max_batch]
+
+    async def _next_batch(self) -> list[Job]:
+        """Wait for work, then for the batch of the oldest job to fill up or its wait to end."""
+        while True:
+            self._drop_abandoned()
+            if self._queue:
+                break
+            self._arrival.clear()
+            await self._arrival.wait()
+        head = self._queue[0]
+        deadline = head.enqueued_at + self._max_wait
+        while len(self._matching(head.key)) < self._max_batch and not head.future.done():
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            self._arrival.clear()
+            try:
+                await asyncio.wait_for(self._arrival.wait(), timeout=remaining)
+            except TimeoutError:
+                break
+        batch = self._matching(head.key)
+        taken = set(map(id, batch))
+        self._queue = [job for job in self._queue if id(job) not in taken]
+        return batch
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if batch:
+                await self._run(batch)
+
+    async def _run(self, batch: list[Job]) -> None:
+        self._batch_counter += 1
+        batch_id = self._batch_counter
+        started = time.perf_counter()
+        try:
+            outputs = await self._runner.run_batch(batch[0].key, [job.spec for job in batch])
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"runner returned {len(outputs)} outputs for {len(batch)} jobs")
+        except asyncio.CancelledError:
+            for job in batch:
+                job.future.cancel()
+            raise
+        except DeviceOutOfMemory:
+            await self._retry_smaller(batch)
+            return
+        except Exception as exc:  # noqa: BLE001 - every job of the batch gets a clear error
+            self._fail(batch, exc)
+            return
+        device_s = time.perf_counter() - started
+        self._record(len(batch), device_s)
+        for job, output in zip(batch, outputs, strict=True):
+            if not job.future.done():
+                job.future.set_result(JobResult(output, len(batch), device_s * 1000, batch_id))
+
+    async def _retry_smaller(self, batch: list[Job]) -> None:
+        if len(batch) == 1:
+            logger.warning("model %s: one %dx%d image does not fit in device memory", self._name,
+                           batch[0].key.width, batch[0].key.height)
+            self._fail(batch, InsufficientResources(
+                f"Model '{self._name}' ran out of device memory for one image at "
+                f"{batch[0].key.width}x{batch[0].key.height}; try a smaller size."
+            ))
+            return
+        half = len(batch) // 2
+        logger.warning("model %s: batch of %d ran out of device memory; retrying as %d + %d",
+                       self._name, len(batch), half, len(batch) - half)
+        for part in (batch[:half], batch[half:]):
+            live = [job for job in part if not job.future.done()]
+            if live:
+                await self._run(live)
+
+    def _fail(self, batch: list[Job], exc: Exception) -> None:
+        if isinstance(exc, ApiError):
+            error: ApiError = exc
+        else:
+            logger.error("model %s: batch of %d failed (requests %s)", self._name, len(batch),
+                         sorted({job.request_id for job in batch}), exc_info=exc)
+            error = GenerationFailed(f"Model '{self._name}' failed to generate this image; the error was logged.")
+        for job in batch:
+            if not job.future.done():
+                job.future.set_exception(error)
+
+    def _record(self, size: int, device_s: float) -> None:
+        self.stats.batches += 1
+        self.stats.images += size
+        self.stats.device_seconds += device_s
+        self.stats.batch_sizes.append(size)
+        if len(self.stats.batch_sizes) > 1000:
+            del self.stats.batch_sizes[:500]
+        if self._on_batch is not None:
+            self._on_batch(size, device_s)

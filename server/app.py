@@ -1,0 +1,217 @@
+"""The FastAPI application: thin routes over `ImageService`, one error handler, the lifespan.
+
+`create_app(settings)` builds everything from the settings it is given; nothing happens at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipelines.types import ImageBackend
+from server import __version__
+from server.auth import Authenticator, Principal, parse_api_keys
+from server.backends import build_backend
+from server.errors import ApiError, InvalidRequest
+from server.protocol import parse_body
+from server.registry import ModelRegistry
+from server.service import ImageService, UsageGate
+from server.settings import Settings
+from server.storage import ImageStore, load_or_create_signing_key
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def build_registry(settings: Settings) -> ModelRegistry:
+    return ModelRegistry.from_overrides({mid: ms.registry_fields() for mid, ms in settings.models.items()})
+
+
+def error_response(error: ApiError, request_id: str | None = None) -> JSONResponse:
+    headers = dict(error.headers)
+    if request_id:
+        headers[REQUEST_ID_HEADER] = request_id
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Return when the client goes away. The body has been read, so the next message is a disconnect."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def run_unless_disconnected(request: Request, work: Any) -> Any:
+    """Run `work`; if the client disconnects first, cancel it (dropping its queued jobs)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise ClientDisconnected()
+    return task.result()
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
+    registry = build_registry(settings)
+    authenticator = Authenticator(parse_api_keys(settings.api_keys.get_secret_value()))
+    backends: dict[str, ImageBackend] = {spec.id: build_backend(spec, settings) for spec in registry}
+    signing_key = load_or_create_signing_key(
+        settings.data_dir, settings.url_signing_key.get_secret_value() if settings.url_signing_key else None
+    )
+    store = ImageStore(settings.data_dir / "images", signing_key, settings.base_url, settings.url_ttl_seconds)
+    service = ImageService(registry, backends, store, settings.default_model, usage)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for backend in backends.values():
+            await backend.start()
+        for model_id in settings.preload:
+            backend = backends.get(model_id)
+            preload = getattr(backend, "preload", None)
+            if preload is None:
+                logger.warning("preload: %r is not a local model; ignored", model_id)
+                continue
+            try:
+                await preload()
+            except ApiError as exc:
+                logger.error("preload of %s failed: %s", model_id, exc.message)
+        sweeper = asyncio.create_task(_sweep_expired(store, settings.cleanup_interval_seconds))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            for backend in backends.values():
+                await backend.close()
+
+    app = FastAPI(title="imageserve", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = service
+    app.state.backends = backends
+    app.state.store = store
+    app.state.authenticator = authenticator
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc, getattr(request.state, "request_id", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+        param = location[0] if location else None
+        return error_response(InvalidRequest(f"Invalid value for '{param}': {first.get('msg', 'invalid')}",
+                                             param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = ApiError(str(exc.detail))
+        error.status = exc.status_code
+        error.type = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        return error_response(error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(ApiError("The server had an error while processing your request."),
+                              getattr(request.state, "request_id", None))
+
+    def authenticate(request: Request) -> Principal:
+        return authenticator.authenticate(request.headers.get("authorization"))
+
+    @app.post("/v1/images/generations")
+    async def generate_images(request: Request) -> Any:
+        request_id = f"req_img_{secrets.token_hex(12)}"
+        request.state.request_id = request_id
+        principal = authenticate(request)
+        body = parse_body(await request.body())
+        try:
+            payload = await run_unless_disconnected(request, service.generate(body, principal, request_id))
+        except ClientDisconnected:
+            logger.info("%s: client disconnected; its work was cancelled", request_id)
+            return JSONResponse({"error": {"type": "client_closed", "message": "client disconnected"}},
+                                status_code=499)
+        return JSONResponse(payload, headers={REQUEST_ID_HEADER: request_id})
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        authenticate(request)
+        return {"object": "list", "data": [_model_entry(spec_id) for spec_id in registry.ids()]}
+
+    @app.get("/v1/models/{model_id}")
+    async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+        authenticate(request)
+        if registry.get(model_id) is None:
+            raise ApiError(f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
+        return _model_entry(model_id)
+
+    def _model_entry(model_id: str) -> dict[str, Any]:
+        spec = registry.get(model_id)
+        assert spec is not None
+        readiness = backends[model_id].readiness()
+        entry: dict[str, Any] = {
+            "id": spec.id,
+            "object": "model",
+            "created": 0,
+            "owned_by": spec.provider if spec.provider != "local" else "imageserve",
+            "provider": spec.provider,
+            "local": spec.is_local,
+            "description": spec.description,
+            "sizes": list(spec.sizes) + (["custom"] if spec.custom_sizes else []),
+            "max_images": spec.max_images,
+            "price_usd_per_image": spec.price_usd,
+            "qualities": list(spec.qualities),
+            "styles": list(spec.styles),
+            "extra_params": sorted(spec.extra_params),
+            "ready": readiness.ready,
+            "status": readiness.detail,
+        }
+        if spec.price_hd_usd is not None:
+            entry["price_usd_per_image_hd"] = spec.price_hd_usd
+        if spec.price_by_size:
+            entry["price_usd_by_size"] = dict(spec.price_by_size)
+        describe = getattr(backends[model_id], "describe", None)
+        if describe is not None:
+            entry.update(describe())
+        return entry
+
+    @app.get("/v1/images/files/{name}")
+    async def image_file(name: str, expires: str | None = None, sig: str | None = None) -> FileResponse:
+        path, media_type = store.open(name, expires, sig)
+        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        ready = [model_id for model_id, backend in backends.items() if backend.readiness().ready]
+        return {"status": "ok", "version": __version__, "models_ready": ready}
+
+    return app
+
+
+async def _sweep_expired(store: ImageStore, interval: float) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(store.delete_expired)
+        except OSError as exc:
+            logger.warning("could not sweep expired images: %s", exc)
+        await asyncio.sleep(interval)

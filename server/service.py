@@ -1,0 +1,152 @@
+"""The image service: validated request in, OpenAI-format response (plus `perf`) out.
+
+Routes stay thin and call this. It resolves the model, asks its backend for images, encodes and stores
+them off the event loop (so the GPU thread never waits on PNG encoding), and prices the result.
+Quotas and the usage ledger plug in through `UsageGate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult, ImageBackend
+from server.auth import Principal
+from server.encoding import MIME_TO_FORMAT, encode_image, transcode
+from server.errors import ApiError
+from server.protocol import ImageGenerationBody, to_generation_request
+from server.registry import ModelRegistry, ModelSpec
+from server.storage import ImageStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one request, for the usage ledger and metrics."""
+
+    principal: Principal
+    request_id: str
+    model: str
+    images: int
+    size: str
+    quality: str
+    cost_usd: float
+    latency_ms: float
+    status: str  # "ok" or an error type
+
+
+class UsageGate(Protocol):
+    """Admission before work (quotas) and accounting after it (ledger). See `server.usage`."""
+
+    async def admit(self, principal: Principal, request: GenerationRequest) -> None:
+        """Reserve `request.n` images for the principal or raise `RateLimitExceeded`."""
+        ...
+
+    async def settle(self, outcome: Outcome, reserved: int) -> None:
+        """Record the outcome; give back reserved images that were not produced."""
+        ...
+
+
+class NoUsageLimits:
+    async def admit(self, principal: Principal, request: GenerationRequest) -> None:
+        return None
+
+    async def settle(self, outcome: Outcome, reserved: int) -> None:
+        return None
+
+
+class ImageService:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        backends: dict[str, ImageBackend],
+        store: ImageStore,
+        default_model: str,
+        usage: UsageGate | None = None,
+    ) -> None:
+        self.registry = registry
+        self.backends = backends
+        self.store = store
+        self.default_model = default_model
+        self.usage: UsageGate = usage or NoUsageLimits()
+
+    async def generate(self, body: ImageGenerationBody, principal: Principal, request_id: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        request, spec = to_generation_request(body, self.registry, self.default_model, request_id)
+        await self.usage.admit(principal, request)
+        result: GenerationResult | None = None
+        status = "error"
+        try:
+            result = await self.backends[spec.id].generate(request)
+            data = await self._materialize(result, body, request_id)
+            status = "ok"
+        except ApiError as exc:
+            status = exc.type
+            raise
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        finally:
+            latency_ms = (time.perf_counter() - started) * 1000
+            produced = len(result.images) if result is not None and status == "ok" else 0
+            size = result.size if result is not None else request.size
+            quality = result.quality if result is not None else request.quality
+            outcome = Outcome(principal, request_id, spec.id, produced, size, quality,
+                              spec.cost(produced, size, quality), latency_ms, status)
+            await asyncio.shield(self.usage.settle(outcome, request.n))
+        assert result is not None
+        return {
+            "created": int(time.time()),
+            "data": data,
+            "perf": self._perf(spec, result, outcome),
+        }
+
+    @staticmethod
+    def _perf(spec: ModelSpec, result: GenerationResult, outcome: Outcome) -> dict[str, Any]:
+        perf: dict[str, Any] = {
+            "request_id": outcome.request_id,
+            "model_used": spec.id,
+            "size": result.size,
+            "quality": result.quality,
+            "cost_usd": outcome.cost_usd,
+            "latency_ms": round(outcome.latency_ms, 1),
+        }
+        if result.batch_size is not None:
+            perf["batch_size"] = result.batch_size
+        if result.device_ms is not None:
+            perf["device_ms"] = result.device_ms
+        return perf
+
+    async def _materialize(
+        self, result: GenerationResult, body: ImageGenerationBody, request_id: str
+    ) -> list[dict[str, Any]]:
+        """Encode and store every image concurrently on worker threads."""
+        return list(await asyncio.gather(*(
+            asyncio.to_thread(self._materialize_one, image, body, request_id) for image in result.images
+        )))
+
+    def _materialize_one(self, image: GeneratedImage, body: ImageGenerationBody, request_id: str) -> dict[str, Any]:
+        output_format = body.output_format or "png"
+        if image.image is not None:
+            encoded = encode_image(image.image, output_format, body.output_compression)
+        elif image.data is not None:
+            if body.output_format is None:  # keep the vendor's own format unless asked otherwise
+                output_format = MIME_TO_FORMAT.get(image.mime_type or "", "png")
+            encoded = transcode(image.data, output_format, body.output_compression)
+        else:  # pragma: no cover - a backend bug
+            raise RuntimeError("backend returned an image with neither pixels nor bytes")
+        entry: dict[str, Any] = {}
+        if body.wants_b64:
+            entry["b64_json"] = base64.b64encode(encoded).decode("ascii")
+        else:
+            entry["url"] = self.store.save(encoded, output_format, request_id)
+        if image.revised_prompt is not None:
+            entry["revised_prompt"] = image.revised_prompt
+        if image.seed is not None:
+            entry["seed"] = image.seed
+        return entry

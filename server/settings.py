@@ -1,0 +1,246 @@
+"""Settings, read in one place: embedded defaults < TOML file (`--config`) < `IMAGESERVE_*` env.
+
+Nothing reads the environment at import time: `load_settings()` is called by the CLI or the tests
+and the result is passed down.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Dtype = Literal["bf16", "fp16", "fp32"]
+
+
+class ModelSettings(BaseModel):
+    """A `[models.<id>]` table: registry overrides plus how a local model is loaded and batched."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Registry fields (see server.registry.ModelSpec).
+    kind: str | None = None
+    source: str | None = None
+    price_usd: float | None = Field(default=None, ge=0)
+    price_hd_usd: float | None = Field(default=None, ge=0)
+    sizes: list[str] | None = None
+    custom_sizes: bool | None = None
+    max_images: int | None = Field(default=None, ge=1, le=10)
+    default_steps: int | None = Field(default=None, ge=1, le=100)
+    default_guidance: float | None = Field(default=None, ge=0, le=30)
+    description: str | None = None
+    # Serving fields.
+    max_batch_images: int = Field(default=4, ge=1, le=64)
+    dtype: Dtype | None = None  # on CUDA; CPU always runs fp32
+
+    def registry_fields(self) -> dict[str, Any]:
+        serving = {"max_batch_images", "dtype"}
+        return {k: v for k, v in self.model_dump(exclude_none=True).items() if k not in serving}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Vendor providers: `[providers.<p>]` in the TOML file, `IMAGESERVE_<P>_<FIELD>` in the environment.
+# ----------------------------------------------------------------------------------------------------
+
+
+class ProviderSettings(BaseModel):
+    """How to reach one vendor API. Every field can be set as `IMAGESERVE_<P>_<FIELD>`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: SecretStr | None = None
+    base_url: str
+    timeout_seconds: float = Field(default=60.0, gt=0)  # per HTTP request to the vendor
+    max_retries: int = Field(default=2, ge=0, le=10)  # extra attempts after 5xx, connection errors, timeouts
+    retry_backoff_seconds: float = Field(default=0.5, ge=0)  # first wait; doubles on each further retry
+    retry_backoff_max_seconds: float = Field(default=8.0, ge=0)
+    rate_limit_retry_after_seconds: float = Field(default=20.0, gt=0)  # when a vendor 429 has no Retry-After
+    max_concurrency: int = Field(default=16, ge=1, le=1024)  # upstream calls in flight, over all its models
+    max_connections: int = Field(default=64, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return value.rstrip("/")
+
+    def has_key(self) -> bool:
+        return self.api_key is not None and bool(self.api_key.get_secret_value().strip())
+
+
+class OpenAIProviderSettings(ProviderSettings):
+    base_url: str = "https://api.openai.com/v1"
+    # Our model id -> upstream model, e.g. {"dall-e-3" = "gpt-image-2"}; ids not listed go upstream unchanged.
+    models: dict[str, str] = Field(default_factory=dict)
+    # What we ask DALL-E models for; GPT image models always answer base64.
+    response_format: Literal["b64_json", "url"] = "b64_json"
+
+
+class BFLProviderSettings(ProviderSettings):
+    base_url: str = "https://api.bfl.ai"
+    endpoint: str = "flux-pro-1.1"  # POST {base_url}/v1/{endpoint}
+    poll_interval_seconds: float = Field(default=0.5, gt=0)
+    max_poll_seconds: float = Field(default=300.0, gt=0)  # give up on a task that is not Ready by then
+    safety_tolerance: int | None = Field(default=None, ge=0, le=6)  # vendor default when unset
+    output_format: Literal["png", "jpeg"] = "png"
+    max_concurrency: int = Field(default=24, ge=1, le=1024)  # BFL's default limit of active tasks
+
+
+class IdeogramProviderSettings(ProviderSettings):
+    base_url: str = "https://api.ideogram.ai"
+    model: str = "V_2"
+    magic_prompt_option: Literal["AUTO", "ON", "OFF"] = "AUTO"
+
+
+class GoogleProviderSettings(ProviderSettings):
+    base_url: str = "https://generativelanguage.googleapis.com"
+    # `imagen-*` models are called with `:predict`; `gemini-*` image models with `:generateContent`.
+    model: str = "imagen-3.0-generate-002"
+    person_generation: Literal["dont_allow", "allow_adult", "allow_all"] | None = None
+
+
+class ProvidersSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    openai: OpenAIProviderSettings = Field(default_factory=OpenAIProviderSettings)
+    bfl: BFLProviderSettings = Field(default_factory=BFLProviderSettings)
+    ideogram: IdeogramProviderSettings = Field(default_factory=IdeogramProviderSettings)
+    google: GoogleProviderSettings = Field(default_factory=GoogleProviderSettings)
+
+    def get(self, provider: str) -> ProviderSettings:
+        settings = getattr(self, provider, None)
+        if not isinstance(settings, ProviderSettings):
+            raise KeyError(f"unknown provider '{provider}'")
+        return settings
+
+
+def provider_env_name(provider: str, field: str) -> str:
+    """The environment variable for one provider field, e.g. `IMAGESERVE_BFL_API_KEY`."""
+    return f"IMAGESERVE_{provider.upper()}_{field.upper()}"
+
+
+class ProviderEnvSource(PydanticBaseSettingsSource):
+    """Reads `IMAGESERVE_<P>_<FIELD>` into `providers.<p>.<field>`.
+
+    The flat names are what operators expect (`IMAGESERVE_BFL_API_KEY`); the nested form
+    `IMAGESERVE_PROVIDERS__BFL__API_KEY` also works through the normal env source. Dict fields take JSON.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        env = {k.upper(): v for k, v in os.environ.items()}
+        found: dict[str, dict[str, Any]] = {}
+        for provider, provider_field in ProvidersSettings.model_fields.items():
+            model_cls = provider_field.annotation
+            assert isinstance(model_cls, type) and issubclass(model_cls, ProviderSettings)
+            for name, info in model_cls.model_fields.items():
+                raw = env.get(provider_env_name(provider, name))
+                if raw is None:
+                    continue
+                value: Any = raw
+                if info.annotation is not None and getattr(info.annotation, "__origin__", None) is dict:
+                    try:
+                        value = json.loads(raw)
+                    except ValueError as exc:
+                        env_name = provider_env_name(provider, name)
+                        raise ValueError(f"{env_name} must be a JSON object") from exc
+                found.setdefault(provider, {})[name] = value
+        return {"providers": found} if found else {}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMAGESERVE_", env_nested_delimiter="__", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_keys: SecretStr = SecretStr("")  # "key:tier,key2" (bare key = tier pro)
+    data_dir: Path = Path("data")
+    model_cache: Path = Path("model_cache")
+    public_url: str | None = None
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Dtype = "bf16"
+    default_model: str = "dall-e-3"
+    url_ttl_seconds: int = Field(default=3600, ge=1)
+    url_signing_key: SecretStr | None = None  # default: a random key kept in the data dir
+    batch_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
+    max_queue_images: int = Field(default=64, ge=1)
+    preload: Annotated[list[str], NoDecode] = Field(default_factory=list)  # models loaded at start
+    cleanup_interval_seconds: float = Field(default=60.0, gt=0)
+    log_level: str = "info"
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
+    providers: ProvidersSettings = Field(default_factory=ProvidersSettings)
+
+    @field_validator("preload", mode="before")
+    @classmethod
+    def _split_preload(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            ProviderEnvSource(settings_cls),
+        ]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    @property
+    def base_url(self) -> str:
+        """The absolute base for image URLs."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def listens_on_loopback_only(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def model_settings(self, model_id: str) -> ModelSettings:
+        return self.models.get(model_id) or ModelSettings()
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the settings from an optional TOML file, the environment and explicit overrides."""
+    if config_file is None:
+        return Settings(**overrides)
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+
+    class _FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    return _FileSettings(**overrides)

@@ -1,0 +1,116 @@
+"""Generated images on disk, served through URLs signed with an HMAC and an expiry.
+
+A URL carries `expires` (unix seconds) and `sig` = HMAC-SHA256(key, "name:expires"). No auth header
+is needed to fetch it; a tampered or expired link is refused; expired files are deleted by a
+periodic sweep (and when an expired link is fetched). The signing key comes from the settings or is
+generated once and kept in the data dir (mode 0600), so links survive a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlencode
+
+from server.errors import ApiError, NotFound
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{8,80}\.(png|jpeg|webp)$")
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+class _Forbidden(ApiError):
+    status = 403
+    type = "invalid_signature"
+
+
+class _Gone(ApiError):
+    status = 410
+    type = "expired"
+
+
+def load_or_create_signing_key(data_dir: Path, configured: str | None) -> bytes:
+    if configured:
+        return configured.encode()
+    path = data_dir / "url_signing.key"
+    if path.exists():
+        return path.read_bytes()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    return key
+
+
+class ImageStore:
+    def __init__(
+        self,
+        directory: Path,
+        signing_key: bytes,
+        base_url: str,
+        ttl_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = directory
+        self._key = signing_key
+        self._base_url = base_url.rstrip("/")
+        self._ttl = ttl_seconds
+        self.clock = clock
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _signature(self, name: str, expires: int) -> str:
+        return hmac.new(self._key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def save(self, data: bytes, extension: str, request_id: str) -> str:
+        """Write the image and return its signed absolute URL. Runs off the event loop."""
+        name = f"{request_id}-{secrets.token_urlsafe(12)}.{extension}"
+        expires = int(self.clock()) + self._ttl
+        path = self.directory / name
+        temporary = path.with_suffix(".part")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+        # The file's mtime records when the link expires, so the sweep needs no index.
+        os.utime(path, (expires, expires))
+        query = urlencode({"expires": expires, "sig": self._signature(name, expires)})
+        return f"{self._base_url}/v1/images/files/{name}?{query}"
+
+    def open(self, name: str, expires: str | None, signature: str | None) -> tuple[Path, str]:
+        """Check a signed link and return the file and its media type, or raise a 4xx."""
+        if not _NAME.match(name):
+            raise NotFound("No such image.", param="name")
+        if not expires or not signature or not expires.isdigit():
+            raise _Forbidden("This image link is not signed: `expires` and `sig` are required.")
+        expected = self._signature(name, int(expires))
+        if not hmac.compare_digest(expected, signature):
+            raise _Forbidden("This image link's signature is not valid.")
+        path = self.directory / name
+        if int(expires) < self.clock():
+            path.unlink(missing_ok=True)
+            raise _Gone("This image link has expired; generate the image again.")
+        if not path.is_file():
+            raise NotFound("No such image (it may have expired and been deleted).")
+        return path, MEDIA_TYPES[name.rsplit(".", 1)[1]]
+
+    def delete_expired(self) -> int:
+        """Delete files whose links have all expired; return how many."""
+        now = self.clock()
+        deleted = 0
+        for path in self.directory.iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < now:
+                    path.unlink()
+                    deleted += 1
+            except FileNotFoundError:
+                continue
+        if deleted:
+            logger.info("deleted %d expired images", deleted)
+        return deleted
