@@ -43,8 +43,16 @@ def _local_backend(spec: ModelSpec, settings: Settings) -> ImageBackend:
     return LocalDiffusersBackend(spec, settings)
 
 
+def _simulated_backend(spec: ModelSpec, settings: Settings) -> ImageBackend:
+    from pipelines.simulated import SimulatedBackend
+
+    return SimulatedBackend(spec, settings)
+
+
 def _vendor_backend(spec: ModelSpec, settings: Settings) -> ImageBackend:
-    return UnavailableBackend(spec, f"forwarding to the '{spec.provider}' API is not built yet")
+    from server.vendors import build_vendor_backend
+
+    return build_vendor_backend(spec, settings)
 
 
 BACKEND_FACTORIES: dict[str, Callable[[ModelSpec, Settings], ImageBackend]] = {
@@ -52,6 +60,7 @@ BACKEND_FACTORIES: dict[str, Callable[[ModelSpec, Settings], ImageBackend]] = {
     "flux": _local_backend,
     "tiny-sd3": _local_backend,
     "tiny-flux": _local_backend,
+    "simulated": _simulated_backend,
     "openai": _vendor_backend,
     "bfl": _vendor_backend,
     "ideogram": _vendor_backend,

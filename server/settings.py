@@ -41,12 +41,17 @@ class ModelSettings(BaseModel):
     default_steps: int | None = Field(default=None, ge=1, le=100)
     default_guidance: float | None = Field(default=None, ge=0, le=30)
     description: str | None = None
+    extra_params: list[str] | None = None  # e.g. ["seed", "num_inference_steps"] for a model added here
     # Serving fields.
     max_batch_images: int = Field(default=4, ge=1, le=64)
     dtype: Dtype | None = None  # on CUDA; CPU always runs fp32
+    # kind = "simulated" (see pipelines.simulated): a batch waits steps * (base + per_mp * total MP) * time_scale.
+    step_seconds_base: float | None = Field(default=None, ge=0)
+    step_seconds_per_megapixel: float | None = Field(default=None, ge=0)
+    time_scale: float = Field(default=1.0, gt=0, le=1000)
 
     def registry_fields(self) -> dict[str, Any]:
-        serving = {"max_batch_images", "dtype"}
+        serving = {"max_batch_images", "dtype", "step_seconds_base", "step_seconds_per_megapixel", "time_scale"}
         return {k: v for k, v in self.model_dump(exclude_none=True).items() if k not in serving}
 
 
@@ -163,6 +168,23 @@ class ProviderEnvSource(PydanticBaseSettingsSource):
         return {"providers": found} if found else {}
 
 
+class TierSettings(BaseModel):
+    """A `[tiers.<name>]` table: images per key in a sliding minute and day. 0 means no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images_per_minute: int = Field(default=0, ge=0)
+    images_per_day: int = Field(default=0, ge=0)
+
+
+# The spec's tiers; `[tiers.<name>]` tables are merged over these field by field.
+DEFAULT_TIERS: dict[str, dict[str, int]] = {
+    "free": {"images_per_minute": 5, "images_per_day": 50},
+    "pro": {"images_per_minute": 30, "images_per_day": 1000},
+    "enterprise": {"images_per_minute": 0, "images_per_day": 0},
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGESERVE_", env_nested_delimiter="__", extra="forbid")
 
@@ -184,6 +206,25 @@ class Settings(BaseSettings):
     log_level: str = "info"
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     providers: ProvidersSettings = Field(default_factory=ProvidersSettings)
+    # Keys, quotas and the usage ledger (server.db): SQLite in data_dir unless a URL is given.
+    database_url: SecretStr | None = None  # e.g. postgresql://user:pw@host:5432/imageserve
+    tiers: dict[str, TierSettings] = Field(
+        default_factory=lambda: {name: TierSettings(**limits) for name, limits in DEFAULT_TIERS.items()})
+    auth_failures_per_minute: int = Field(default=20, ge=0)  # per client IP, then 429; 0 = no limit
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _merge_tiers(cls, value: Any) -> Any:
+        """Merge `[tiers.<name>]` over the defaults, so setting one field keeps the others."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, dict[str, Any]] = {name: dict(limits) for name, limits in DEFAULT_TIERS.items()}
+        for name, limits in value.items():
+            fields = limits.model_dump(exclude_unset=True) if isinstance(limits, TierSettings) else limits
+            if not isinstance(fields, dict):
+                return value  # let pydantic report the bad type
+            merged.setdefault(str(name).lower(), {}).update(fields)
+        return merged
 
     @field_validator("preload", mode="before")
     @classmethod

@@ -1,0 +1,128 @@
+"""The `ImageBackend` side of a vendor adapter: lifecycle, the shared connection, logging, the result."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, ClassVar, TypeVar
+
+from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult, Readiness
+from server.errors import ApiError, UpstreamError
+from server.vendors.base import PROVIDER_NAMES, Vendor, VendorPool
+from server.vendors.base import inspect_image as inspect_image
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Sequence
+
+    from server.registry import ModelSpec
+    from server.settings import ProviderSettings, Settings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# One pool for the process. It is only a dict: nothing is opened until a backend starts.
+POOL = VendorPool()
+
+
+class VendorBackend:
+    """Base for the four adapters: subclasses implement `_generate(vendor, request) -> images`."""
+
+    provider: ClassVar[str]
+    config: ProviderSettings  # subclasses narrow it to their provider's settings class
+
+    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+        self.spec = spec
+        self.config = settings.providers.get(self.provider)
+        self.provider_name = PROVIDER_NAMES[self.provider]
+        self._vendor: Vendor | None = None
+
+    async def start(self) -> None:
+        if self._vendor is None:
+            self._vendor = POOL.acquire(self.provider, self.config)
+
+    async def close(self) -> None:
+        vendor, self._vendor = self._vendor, None
+        if vendor is not None:
+            await POOL.release(vendor)
+
+    def readiness(self) -> Readiness:
+        return Readiness(True, f"forwarded to {self.provider_name} as '{self.upstream_model()}'")
+
+    def upstream_model(self) -> str:
+        raise NotImplementedError
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        if self._vendor is None:  # the service starts backends, but a lazy start costs nothing
+            await self.start()
+        assert self._vendor is not None
+        started = time.perf_counter()
+        try:
+            images, extra = await self._generate(self._vendor, request)
+        except ApiError as exc:
+            logger.info(
+                "request %s: %s %s failed: %s %s",
+                request.request_id,
+                self.provider_name,
+                self.upstream_model(),
+                exc.status,
+                exc.type,
+            )
+            raise
+        if not images:
+            raise UpstreamError(f"{self.provider_name} returned no images.", code="upstream_bad_response")
+        width, height = images[0][1]
+        logger.info(
+            "request %s: %s %s made %d/%d image(s) %dx%d in %.0f ms",
+            request.request_id,
+            self.provider_name,
+            self.upstream_model(),
+            len(images),
+            request.n,
+            width,
+            height,
+            (time.perf_counter() - started) * 1000,
+        )
+        return GenerationResult(
+            images=[image for image, _ in images],
+            width=width,
+            height=height,
+            quality=request.quality,
+            extra={"provider": self.provider, "upstream_model": self.upstream_model(), **extra},
+        )
+
+    async def _generate(
+        self, vendor: Vendor, request: GenerationRequest
+    ) -> tuple[list[tuple[GeneratedImage, tuple[int, int]]], dict[str, object]]:
+        """Return the images, each with its real (width, height), plus extra result details."""
+        raise NotImplementedError
+
+    def image(
+        self, vendor: Vendor, data: bytes, *, seed: int | None = None, revised_prompt: str | None = None
+    ) -> tuple[GeneratedImage, tuple[int, int]]:
+        info = inspect_image(data, vendor)
+        return (
+            GeneratedImage(data=data, mime_type=info.mime_type, seed=seed, revised_prompt=revised_prompt),
+            (info.width, info.height),
+        )
+
+
+async def run_all(jobs: Sequence[Awaitable[T]]) -> list[T]:
+    """Run jobs concurrently; the first failure cancels the rest and is raised as itself.
+
+    A TaskGroup also cancels every job when the caller is cancelled (client gone), and waits for them.
+    """
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_as_coroutine(job)) for job in jobs]
+    except ExceptionGroup as failures:
+        first = failures.exceptions[0]
+        while isinstance(first, ExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return [task.result() for task in tasks]
+
+
+async def _as_coroutine(job: Awaitable[T]) -> T:
+    return await job
