@@ -2,9 +2,9 @@
 
 One scheduler per local model. Jobs are single images. Jobs with the same `BatchKey` (model, size,
 steps, guidance, sequence length) are merged into one runner call, up to `max_batch_images`, waiting
-at most `max_wait_s` after the oldest queued job arrived. A job queued while the device was busy has
-already waited, so when the device frees up the next batch starts at once: batching never adds idle
-time. Jobs whose future is already done (the client went away) are dropped before they cost device
+at most `max_wait_s` after the oldest queued job arrived on an idle device. A job that arrived while
+the device was busy has already waited, so when the device frees up its batch starts at once with
+whatever compatible jobs are queued: batching never adds idle time to a busy device. Jobs whose future is already done (the client went away) are dropped before they cost device
 time. If a batch fails, every job in it gets the error; a batch that runs out of device memory is
 split in halves and retried, down to single images.
 """
@@ -109,6 +109,7 @@ class BatchScheduler:
         self._arrival = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._batch_counter = 0
+        self._device_free_since = float("-inf")
         self.stats = SchedulerStats()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -180,7 +181,8 @@ class BatchScheduler:
             self._arrival.clear()
             await self._arrival.wait()
         head = self._queue[0]
-        deadline = head.enqueued_at + self._max_wait
+        arrived_while_busy = head.enqueued_at <= self._device_free_since
+        deadline = self._clock() if arrived_while_busy else head.enqueued_at + self._max_wait
         while len(self._matching(head.key)) < self._max_batch and not head.future.done():
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -200,6 +202,7 @@ class BatchScheduler:
             batch = await self._next_batch()
             if batch:
                 await self._run(batch)
+                self._device_free_since = self._clock()
 
     async def _run(self, batch: list[Job]) -> None:
         self._batch_counter += 1

@@ -9,6 +9,8 @@ import pytest
 from tests.server_harness import RunningServer, running_server
 
 TEST_KEY = "sk-test-0123456789"
+# Enterprise: no per-minute cap, so suites that send many requests are not throttled by the quotas.
+TEST_KEYS = f"{TEST_KEY}:enterprise"
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +34,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Itera
     with running_server(
         data_dir=tmp_path_factory.mktemp("data"),
         model_cache=model_cache,
-        api_keys=TEST_KEY,
+        api_keys=TEST_KEYS,
         default_model="tiny-flux",
     ) as running:
         yield running

@@ -1,0 +1,45 @@
+# Two commands for a fresh machine (see README):
+#   make serve   installs into .venv and starts the server on its embedded defaults
+#   make test    installs into .venv (with test tools) and runs the whole test suite
+# TORCH pins the torch build; on a CPU-only machine with internet, add
+#   TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# to get the small CPU wheel instead of the CUDA one.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: install install-test serve test lint
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch first, pinned: otherwise the resolver may pick a multi-GB CUDA build on its own.
+$(VENV)/.torch: | $(PY)
+	$(PIP) install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
+	$(PIP) install --quiet -e '.[test,bench]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+serve: install
+	$(VENV)/bin/imageserve serve
+
+test: install-test
+	$(PY) -m pytest -q
+
+lint: install-test
+	$(VENV)/bin/ruff check .
