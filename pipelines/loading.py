@@ -8,6 +8,7 @@ the same `from_pretrained` call.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,18 +58,33 @@ def locate_weights(kind: str, source: str | None, model_cache: Path) -> WeightsL
     return WeightsLocation(source, Path(model_cache), found, detail)
 
 
-def load_pipeline(kind: str, location: WeightsLocation, model_cache: Path, device: str, torch_dtype: Any) -> Any:
-    """Load a diffusers pipeline onto `device` through the public `from_pretrained` API."""
-    import diffusers
+# One load at a time per process: diffusers' lazy module imports and the meta-device initialisation
+# inside `from_pretrained` are not thread-safe, and each model loads on its own worker thread.
+_LOAD_LOCK = threading.Lock()
 
-    if kind in TINY_KINDS and location.cache_dir is None and not (Path(location.pretrained) / "model_index.json").exists():
-        build_tiny_model(model_cache, kind)
-    pipeline_class = getattr(diffusers, PIPELINE_CLASSES[kind])
-    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch_dtype}
-    if location.cache_dir is not None:
-        kwargs["cache_dir"] = str(location.cache_dir)
-    pipe = pipeline_class.from_pretrained(location.pretrained, **kwargs)
-    pipe.to(device)
+
+def load_pipeline(kind: str, location: WeightsLocation, model_cache: Path, device: str, torch_dtype: Any,
+                  *, cpu_offload: bool = False) -> Any:
+    """Load a diffusers pipeline onto `device` through the public `from_pretrained` API.
+
+    With `cpu_offload` the weights stay in CPU memory and each component moves to `device` only while it
+    runs (`enable_model_cpu_offload`), for cards too small to hold the whole pipeline.
+    """
+    with _LOAD_LOCK:
+        import diffusers
+
+        unbuilt = not (Path(location.pretrained) / "model_index.json").exists()
+        if kind in TINY_KINDS and location.cache_dir is None and unbuilt:
+            build_tiny_model(model_cache, kind)
+        pipeline_class = getattr(diffusers, PIPELINE_CLASSES[kind])
+        kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch_dtype}
+        if location.cache_dir is not None:
+            kwargs["cache_dir"] = str(location.cache_dir)
+        pipe = pipeline_class.from_pretrained(location.pretrained, **kwargs)
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

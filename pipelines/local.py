@@ -10,12 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipelines.device import Placement, choose_placement
 from pipelines.loading import WeightsLocation, load_pipeline, locate_weights
+from pipelines.memory import free_device_memory, is_out_of_memory, simulated_oom_callback
+from pipelines.optimizations import (
+    AppliedOptimizations,
+    OptimizationOptions,
+    apply_optimizations,
+    plan_optimizations,
+    warm_up,
+)
 from pipelines.scheduler import BatchKey, BatchScheduler, DeviceOutOfMemory, ImageJobSpec
 from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult, Readiness
 from server.errors import ModelUnavailable
@@ -29,6 +37,19 @@ logger = logging.getLogger(__name__)
 SEED_MODULUS = 2**32
 
 
+class DeviceRunner(Protocol):
+    """What the backend needs of whatever owns the device: a diffusers pipeline or a simulated device."""
+
+    @property
+    def loaded(self) -> bool: ...
+
+    async def load(self) -> None: ...
+
+    async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+
 class DiffusersRunner:
     """Runs batches of a loaded pipeline on its own single worker thread."""
 
@@ -39,6 +60,9 @@ class DiffusersRunner:
         self.placement = placement
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{spec.id}")
         self._pipe: Any = None
+        self._model_settings = settings.model_settings(spec.id)
+        self._options = OptimizationOptions.from_settings(self._model_settings)
+        self.optimizations: AppliedOptimizations | None = None  # set once loaded; shown by /v1/models
 
     async def load(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._load_sync)
@@ -46,11 +70,27 @@ class DiffusersRunner:
     def _load_sync(self) -> None:
         if self._pipe is not None:
             return
+        for width, height in self._options.warmup_sizes:
+            if not self._spec.accepts_size(width, height):
+                raise ValueError(f"[models.{self._spec.id}] warmup_sizes: {width}x{height} is not a size this model "
+                                 "accepts")
         logger.info("loading %s (%s) on %s from %s", self._spec.id, self._spec.kind, self.placement,
                     self._location.detail)
-        self._pipe = load_pipeline(self._spec.kind, self._location, self._settings.model_cache,
-                                   self.placement.device, self.placement.torch_dtype())
+        plan = plan_optimizations(self._options, self.placement)
+        pipe = load_pipeline(self._spec.kind, self._location, self._settings.model_cache,
+                             self.placement.device, self.placement.torch_dtype(), cpu_offload=plan.cpu_offload)
+        optimizations = apply_optimizations(pipe, plan, self.placement)
+        self._pipe, self.optimizations = pipe, optimizations
+        # Warm-up runs here, on the worker thread, before the scheduler exists: no request waits behind it.
+        warm_up(self._warmup_batch, plan.options, self._model_settings.max_batch_images, optimizations,
+                self.placement.device)
         logger.info("loaded %s on %s", self._spec.id, self.placement)
+
+    def _warmup_batch(self, width: int, height: int, images: int) -> None:
+        steps = self._options.warmup_steps
+        key = BatchKey(self._spec.id, width, height, steps, float(self._spec.default_guidance or 0.0),
+                       self._spec.max_sequence_length)
+        self._generate(key, [ImageJobSpec("warm-up", seed) for seed in range(images)])
 
     @property
     def loaded(self) -> bool:
@@ -76,18 +116,27 @@ class DiffusersRunner:
             arguments["max_sequence_length"] = key.max_sequence_length
         if "negative_prompt" in self._spec.extra_params:
             arguments["negative_prompt"] = [spec.negative_prompt or "" for spec in specs]
+        limit = self._options.debug_oom_above_images
+        if limit is not None and len(specs) > limit:
+            arguments["callback_on_step_end"] = simulated_oom_callback
         return arguments
 
-    def _run_sync(self, key: BatchKey, specs: list[ImageJobSpec]) -> list[Any]:
-        import torch
+    def _generate(self, key: BatchKey, specs: list[ImageJobSpec]) -> list[Any]:
+        assert self.optimizations is not None
+        with self.optimizations.call_context():
+            return list(self._pipe(**self._call_arguments(key, specs)).images)
 
+    def _run_sync(self, key: BatchKey, specs: list[ImageJobSpec]) -> list[Any]:
         self._load_sync()
         try:
-            return list(self._pipe(**self._call_arguments(key, specs)).images)
-        except torch.OutOfMemoryError as exc:
-            if self.placement.device == "cuda":
-                torch.cuda.empty_cache()
-            raise DeviceOutOfMemory(str(exc)) from exc
+            return self._generate(key, specs)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            message = f"{type(exc).__name__}: {str(exc)[:300]}"
+        # Freed here, outside the except block: the traceback and the tensors its frames hold are gone.
+        free_device_memory(self.placement.device)
+        raise DeviceOutOfMemory(message)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -100,8 +149,9 @@ class LocalDiffusersBackend:
         self.spec = spec
         self._settings = settings
         self._model_settings = settings.model_settings(spec.id)
-        self._runner: DiffusersRunner | None = None
+        self._runner: DeviceRunner | None = None
         self._scheduler: BatchScheduler | None = None
+        self.on_batch: Callable[[int, float], None] | None = None  # (images, device seconds), e.g. metrics
         self._load_lock: asyncio.Lock | None = None
         self._load_error: str | None = None
 
@@ -135,14 +185,7 @@ class LocalDiffusersBackend:
         async with self._load_lock:
             if self._scheduler is not None:
                 return self._scheduler
-            location = self._location()
-            if not location.found:
-                raise ModelUnavailable(
-                    f"Model '{self.spec.id}' has no weights here ({location.detail}). "
-                    f"Fetch them with `imageserve pull {self.spec.id}`, or set `source` under "
-                    f"[models.{self.spec.id}] to a diffusers folder."
-                )
-            runner = DiffusersRunner(self.spec, location, self._settings, self.placement())
+            runner = self._create_runner()
             try:
                 await runner.load()
             except Exception as exc:
@@ -158,9 +201,26 @@ class LocalDiffusersBackend:
                 max_wait_s=self._settings.batch_wait_ms / 1000,
                 max_queue_images=self._settings.max_queue_images,
                 name=self.spec.id,
+                on_batch=self.on_batch,
             )
             self._scheduler.start()
             return self._scheduler
+
+    def _create_runner(self) -> DeviceRunner:
+        """The device owner; `pipelines.simulated` overrides this, and everything else is shared."""
+        location = self._location()
+        if not location.found:
+            raise ModelUnavailable(
+                f"Model '{self.spec.id}' has no weights here ({location.detail}). "
+                f"Fetch them with `imageserve pull {self.spec.id}`, or set `source` under "
+                f"[models.{self.spec.id}] to a diffusers folder."
+            )
+        return DiffusersRunner(self.spec, location, self._settings, self.placement())
+
+    @property
+    def queued_images(self) -> int:
+        """Images waiting for the device (not counting the batch running now)."""
+        return self._scheduler.queued_images if self._scheduler is not None else 0
 
     def batch_key(self, request: GenerationRequest) -> BatchKey:
         steps = request.num_inference_steps or self.spec.default_steps or 28
@@ -181,7 +241,8 @@ class LocalDiffusersBackend:
         results = await scheduler.generate(self.batch_key(request), specs, request.request_id)
         batches = {result.batch_id: result.device_ms for result in results}
         return GenerationResult(
-            images=[GeneratedImage(image=result.output, seed=seed) for result, seed in zip(results, seeds, strict=True)],
+            images=[GeneratedImage(image=result.output, seed=seed)
+                    for result, seed in zip(results, seeds, strict=True)],
             width=request.width,
             height=request.height,
             quality=request.quality,
@@ -191,8 +252,16 @@ class LocalDiffusersBackend:
 
     def describe(self) -> dict[str, Any]:
         placement = self.placement()
+        applied = getattr(self._runner, "optimizations", None)
+        options = OptimizationOptions.from_settings(self._model_settings)
+        optimizations: dict[str, Any] = {"configured": options.summary()}
+        if applied is not None:
+            optimizations.update(applied.as_dict())
+        else:  # not loaded yet: what this machine will switch off
+            optimizations.update(state="applied when the model loads",
+                                 switched_off=plan_optimizations(options, placement).switched_off)
         return {"device": placement.device, "dtype": placement.dtype,
-                "max_batch_images": self._model_settings.max_batch_images}
+                "max_batch_images": self._model_settings.max_batch_images, "optimizations": optimizations}
 
     async def close(self) -> None:
         if self._scheduler is not None:

@@ -4,14 +4,16 @@ One scheduler per local model. Jobs are single images. Jobs with the same `Batch
 steps, guidance, sequence length) are merged into one runner call, up to `max_batch_images`, waiting
 at most `max_wait_s` after the oldest queued job arrived on an idle device. A job that arrived while
 the device was busy has already waited, so when the device frees up its batch starts at once with
-whatever compatible jobs are queued: batching never adds idle time to a busy device. Jobs whose future is already done (the client went away) are dropped before they cost device
-time. If a batch fails, every job in it gets the error; a batch that runs out of device memory is
-split in halves and retried, down to single images.
+whatever compatible jobs are queued: batching never adds idle time to a busy device. Jobs whose
+future is already done (the client went away) are dropped before they cost device time. If a batch
+fails, every job in it gets the error; a batch that runs out of device memory is split in halves and
+retried, down to single images.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -121,10 +123,8 @@ class BatchScheduler:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         for job in self._queue:
             if not job.future.done():

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -23,6 +23,15 @@ from pydantic_settings import (
 )
 
 Dtype = Literal["bf16", "fp16", "fp32"]
+# pipelines.optimizations.ATTENTION_BACKENDS has one entry per name.
+AttentionBackendName = Literal[
+    "native", "native_math", "native_cudnn", "native_flash", "native_efficient", "flash", "xformers", "sage"
+]
+# Per-model speed and memory options; each one's trade-off is in the table in pipelines/optimizations.py.
+OPTIMIZATION_FIELDS = frozenset({
+    "attention_backend", "compile", "fuse_qkv", "quantize", "channels_last_vae", "vae_tiling", "cpu_offload",
+    "warmup_sizes", "warmup_steps", "debug_oom_above_images",
+})
 
 
 class ModelSettings(BaseModel):
@@ -49,9 +58,37 @@ class ModelSettings(BaseModel):
     step_seconds_base: float | None = Field(default=None, ge=0)
     step_seconds_per_megapixel: float | None = Field(default=None, ge=0)
     time_scale: float = Field(default=1.0, gt=0, le=1000)
+    # Optimizations (see OPTIMIZATION_FIELDS): what cannot apply on this machine switches off, logged.
+    attention_backend: AttentionBackendName = "native"
+    compile: Literal["off", "regional", "full"] = "off"
+    fuse_qkv: bool = False
+    quantize: Literal["none", "fp8"] = "none"
+    channels_last_vae: bool = False
+    vae_tiling: bool = False
+    cpu_offload: bool = False
+    warmup_sizes: list[str] = Field(default_factory=list)  # e.g. ["1024x1024"], run at load
+    warmup_steps: int = Field(default=2, ge=1, le=50)
+    debug_oom_above_images: int | None = Field(default=None, ge=0)  # testing aid: simulated out of memory
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _check_warmup_sizes(cls, value: list[str]) -> list[str]:
+        from pipelines.optimizations import parse_size
+
+        for size in value:
+            parse_size(size)
+        return value
+
+    @model_validator(mode="after")
+    def _fp8_needs_compile(self) -> ModelSettings:
+        if self.quantize == "fp8" and self.compile == "off":
+            raise ValueError("quantize = 'fp8' needs compile = 'regional' or 'full': torchao's fp8 matmuls are "
+                             "only fast once compiled (eager fp8 is slower than bf16)")
+        return self
 
     def registry_fields(self) -> dict[str, Any]:
         serving = {"max_batch_images", "dtype", "step_seconds_base", "step_seconds_per_megapixel", "time_scale"}
+        serving |= OPTIMIZATION_FIELDS
         return {k: v for k, v in self.model_dump(exclude_none=True).items() if k not in serving}
 
 

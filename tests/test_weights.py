@@ -71,3 +71,27 @@ def test_a_folder_that_is_not_diffusers_layout_is_reported(tmp_path: Path) -> No
     (tmp_path / "weights").mkdir()
     location = locate_weights("flux", str(tmp_path / "weights"), tmp_path)
     assert not location.found and "model_index.json" in location.detail
+
+
+def test_models_loading_on_their_own_worker_threads_at_once_do_not_race(model_cache: Path) -> None:
+    """Each model loads on its own worker thread; concurrent first requests must not corrupt the loads."""
+    import threading
+
+    import torch
+
+    from pipelines.loading import load_pipeline
+
+    errors: list[str] = []
+
+    def load(kind: str) -> None:
+        try:
+            load_pipeline(kind, locate_weights(kind, None, model_cache), model_cache, "cpu", torch.float32)
+        except Exception as exc:  # collected and asserted below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=load, args=(kind,)) for kind in ("tiny-flux", "tiny-sd3") * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

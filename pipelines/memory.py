@@ -1,0 +1,38 @@
+"""Out of device memory: recognising it, freeing the cache after it, and simulating it for tests.
+
+The scheduler retries a batch that raised `DeviceOutOfMemory` in halves, then answers 503
+`insufficient_resources` for a single image that still does not fit; the runner turns what torch and the CUDA
+libraries raise into that exception with `is_out_of_memory`.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """`torch.OutOfMemoryError`, or one of the RuntimeErrors CUDA libraries raise when an allocation fails."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in OOM_MARKERS)
+
+
+def free_device_memory(device: str) -> None:
+    """Call after the exception (and the tensors its traceback holds) is gone."""
+    gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def simulated_oom_callback(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A `callback_on_step_end` that fails like a full GPU, for `debug_oom_above_images`."""
+    import torch
+
+    raise torch.OutOfMemoryError("simulated: CUDA out of memory (debug_oom_above_images)")
