@@ -1,0 +1,176 @@
+"""Admin commands on the keys database: `imageserve keys create|list|revoke` and `imageserve usage`.
+
+They work on the same database as the server (`IMAGESERVE_DATABASE_URL`, else SQLite in the data dir),
+so they can run while it serves: a new key works at once, a revoked one is refused at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from server.db import Database
+from server.errors import ApiError, InvalidRequest
+from server.keys import KeyStore
+from server.settings import Settings
+from server.usage import UsageLedger
+from server.usage_routes import parse_range
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from server.cli import _settings as load
+
+    return load(args)
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _limit(value: int | None) -> str:
+    return "unlimited" if value is None else str(value)
+
+
+def print_table(rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    for row in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _with_database(handler: Any) -> Any:
+    """Open the database for one command; report its errors in one line, without a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        settings = _settings(args)
+        database = Database.from_settings(settings)
+        try:
+            return handler(args, settings, database)
+        except SQLAlchemyError as exc:
+            print(f"error: database {database.display_url}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                  file=sys.stderr)
+            return 1
+        finally:
+            database.dispose()
+
+    return run
+
+
+@_with_database
+def cmd_keys_create(args: argparse.Namespace, settings: Settings, database: Database) -> int:
+    tier = args.tier.lower()
+    if tier not in settings.tiers:
+        print(f"error: unknown tier {tier!r}; configured tiers: {', '.join(settings.tiers)}", file=sys.stderr)
+        return 2
+    key, record = KeyStore(database).create(tier, args.name, args.images_per_minute, args.images_per_day)
+    limits = UsageLedger(database, settings.tiers).limits_for(tier, record.images_per_minute, record.images_per_day)
+    print(key)  # alone on stdout, so `KEY=$(imageserve keys create ...)` works
+    print(f"created key '{record.name}' (tier {tier}: {_limit(limits.per_minute)} images/minute, "
+          f"{_limit(limits.per_day)} images/day). This is the only time the key is shown; store it now.",
+          file=sys.stderr)
+    return 0
+
+
+@_with_database
+def cmd_keys_list(args: argparse.Namespace, settings: Settings, database: Database) -> int:
+    ledger = UsageLedger(database, settings.tiers)
+    today = ledger.today()
+    totals: dict[str, int] = defaultdict(int)
+    todays: dict[str, int] = defaultdict(int)
+    for row in ledger.report_all(dt.date(1970, 1, 1), today):
+        totals[row["key_id"]] += row["images"]
+    for row in ledger.report_all(today, today):
+        todays[row["key_id"]] += row["images"]
+    rows: list[list[Any]] = [["NAME", "TIER", "LIMITS/MIN", "LIMITS/DAY", "SOURCE", "STATUS", "CREATED",
+                              "LAST USED", "IMAGES TODAY", "IMAGES TOTAL"]]
+    for record in KeyStore(database).list():
+        if record.source == "builtin" and not totals[record.key_id]:
+            continue
+        try:
+            limits = ledger.limits_for(record.tier, record.images_per_minute, record.images_per_day)
+            per_minute, per_day = _limit(limits.per_minute), _limit(limits.per_day)
+        except ApiError:  # a tier no longer configured
+            per_minute = per_day = "?"
+        rows.append([record.name, record.tier, per_minute, per_day, record.source,
+                     "active" if record.active else f"revoked {_when(record.revoked_at)}",
+                     _when(record.created_at), _when(record.last_used_at), todays[record.key_id],
+                     totals[record.key_id]])
+    if len(rows) == 1:
+        print("no keys yet: create one with `imageserve keys create --tier pro --name NAME`")
+        return 0
+    print_table(rows)
+    return 0
+
+
+@_with_database
+def cmd_keys_revoke(args: argparse.Namespace, settings: Settings, database: Database) -> int:
+    record = KeyStore(database).revoke(args.name)
+    print(f"revoked key '{record.name}'")
+    return 0
+
+
+@_with_database
+def cmd_usage(args: argparse.Namespace, settings: Settings, database: Database) -> int:
+    ledger = UsageLedger(database, settings.tiers)
+    params = {name: value for name in ("start", "end") if (value := getattr(args, name)) is not None}
+    try:
+        start, end = parse_range(params, ledger.today())
+    except InvalidRequest as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    rows: list[list[Any]] = [["KEY", "TIER", "MODEL", "REQUESTS", "IMAGES", "COST USD"]]
+    total_images, total_cost, total_requests = 0, 0.0, 0
+    for row in ledger.report_all(start, end):
+        rows.append([row["name"], row["tier"], row["model"], row["requests"], row["images"],
+                     f"{row['cost_usd']:.4f}"])
+        total_images += row["images"]
+        total_cost += row["cost_usd"]
+        total_requests += row["requests"]
+    rows.append(["TOTAL", "", "", total_requests, total_images, f"{total_cost:.4f}"])
+    print(f"usage from {start.isoformat()} to {end.isoformat()} (UTC days, inclusive)")
+    print_table(rows)
+    return 0
+
+
+def _nonnegative(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (no limit) or more")
+    return value
+
+
+def add_admin_commands(commands: Any) -> None:
+    """Register `keys` and `usage` on the `imageserve` parser's subcommands."""
+    keys = commands.add_parser("keys", help="create, list and revoke API keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+
+    create = keys_commands.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("--tier", required=True, help="free, pro, enterprise, or a tier from the config")
+    create.add_argument("--name", default=None, help="a unique name (default: derived from the key)")
+    create.add_argument("--images-per-minute", type=_nonnegative, default=None,
+                        help="this key's own limit instead of its tier's (0: no limit)")
+    create.add_argument("--images-per-day", type=_nonnegative, default=None,
+                        help="this key's own limit instead of its tier's (0: no limit)")
+    create.set_defaults(handler=cmd_keys_create)
+
+    listing = keys_commands.add_parser("list", help="list keys with tier, limits and usage (never the key)")
+    listing.set_defaults(handler=cmd_keys_list)
+
+    revoke = keys_commands.add_parser("revoke", help="revoke a key by name; it is refused from then on")
+    revoke.add_argument("name")
+    revoke.set_defaults(handler=cmd_keys_revoke)
+
+    usage = commands.add_parser("usage", help="images and cost per key and model over a date range")
+    usage.add_argument("--start", default=None, help="first UTC day, YYYY-MM-DD (default: 29 days before end)")
+    usage.add_argument("--end", default=None, help="last UTC day, YYYY-MM-DD (default: today)")
+    usage.set_defaults(handler=cmd_usage)
+
+    for parser in (keys, create, listing, revoke, usage):
+        parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file")

@@ -1,0 +1,220 @@
+"""The database behind keys, quotas and the usage ledger: SQLite in the data dir, or PostgreSQL.
+
+Everything goes through SQLAlchemy Core on a sync engine; callers run it in worker threads
+(`asyncio.to_thread`) so the event loop never waits on the database. Admission must be exact across
+threads, processes and replicas, so write transactions lock: on SQLite every transaction starts with
+`BEGIN IMMEDIATE` (the database write lock, taken up front rather than on the first write, so two
+admissions cannot both read the old count); on PostgreSQL the quota code locks the key's row with
+`SELECT ... FOR UPDATE`, which serialises admissions per key across replicas.
+
+The schema is created and migrated when the engine is first used: `schema_migrations` holds the applied
+versions, and each migration runs once, in a transaction, under a lock (PostgreSQL: an advisory lock),
+so replicas starting together do not race.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Double,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DB_FILENAME = "imageserve.db"
+_MIGRATION_LOCK_ID = 0x1A6E5E  # PostgreSQL advisory lock held while migrating
+
+metadata = MetaData()
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("description", String(200), nullable=False),
+    Column("applied_at", Double, nullable=False),
+)
+
+# One row per key that can be charged: keys made with `imageserve keys create` (source "db"), keys from
+# IMAGESERVE_API_KEYS (source "env": they authenticate from the environment, the row carries their usage
+# and the lock), and the anonymous principal of an open server (source "builtin").
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(40), primary_key=True),  # server.auth.key_fingerprint of the key
+    Column("name", String(128), nullable=False, unique=True),
+    Column("key_hash", String(64), nullable=True, unique=True),  # SHA-256 hex of the key, never the key
+    Column("source", String(16), nullable=False),
+    Column("tier", String(64), nullable=False),
+    Column("images_per_minute", Integer, nullable=True),  # the key's own limits; NULL: the tier's; 0: none
+    Column("images_per_day", Integer, nullable=True),
+    Column("created_at", Double, nullable=False),
+    Column("last_used_at", Double, nullable=True),
+    Column("revoked_at", Double, nullable=True),
+)
+
+# One row per admitted or refused request. `images` is what counts against the limits: the reserved `n`
+# while the request runs, then the images actually produced (failed ones are given back).
+usage_ledger = Table(
+    "usage_ledger",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False, unique=True),
+    Column("key_id", String(40), nullable=False),
+    Column("ts", Double, nullable=False),  # admission time, epoch seconds
+    Column("day", String(10), nullable=False),  # UTC date of `ts`, YYYY-MM-DD, for per-day totals
+    Column("model", String(128), nullable=False),
+    Column("requested", Integer, nullable=False),
+    Column("images", Integer, nullable=False),
+    Column("size", String(16), nullable=True),
+    Column("quality", String(16), nullable=True),
+    Column("cost_usd", Double, nullable=False, default=0.0),
+    Column("latency_ms", Double, nullable=True),
+    Column("status", String(64), nullable=False),  # pending, ok, rate_limit_exceeded, or an error type
+    Column("finished_at", Double, nullable=True),
+    Index("ix_usage_ledger_key_ts", "key_id", "ts"),
+    Index("ix_usage_ledger_key_day", "key_id", "day"),
+)
+
+
+def _migration_1(conn: Connection) -> None:
+    api_keys.create(conn, checkfirst=True)
+    usage_ledger.create(conn, checkfirst=True)
+
+
+# (version, description, step). Append only; a step must not depend on the tables' current definitions
+# once a later migration changes them.
+MIGRATIONS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
+    (1, "api keys and usage ledger", _migration_1),
+)
+
+
+def database_url(settings: Settings) -> str:
+    """The SQLAlchemy URL: `IMAGESERVE_DATABASE_URL`, else SQLite at `<data_dir>/imageserve.db`."""
+    if settings.database_url is not None and settings.database_url.get_secret_value().strip():
+        return normalise_url(settings.database_url.get_secret_value().strip())
+    return f"sqlite:///{(Path(settings.data_dir) / DB_FILENAME).resolve()}"
+
+
+def normalise_url(url: str) -> str:
+    """Plain `postgresql://` (what operators write) runs on psycopg 3."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain):]
+    return url
+
+
+def _sqlite_engine(url: str) -> Engine:
+    path = make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy issues BEGIN itself, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _migrate(engine: Engine) -> None:
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+        schema_migrations.create(conn, checkfirst=True)
+        applied = set(conn.scalars(select(schema_migrations.c.version)))
+        for version, description, step in MIGRATIONS:
+            if version in applied:
+                continue
+            logger.info("database: applying migration %d (%s)", version, description)
+            step(conn)
+            conn.execute(insert(schema_migrations).values(
+                version=version, description=description, applied_at=time.time()))
+
+
+class Database:
+    """A lazily created, migrated engine. Thread-safe; one per process and URL is plenty."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalise_url(url)
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls(database_url(settings))
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password masked, safe to log."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def engine(self) -> Engine:
+        """The engine, created and migrated on first use."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    if self.url.startswith("sqlite"):
+                        engine = _sqlite_engine(self.url)
+                    else:
+                        engine = create_engine(self.url, pool_pre_ping=True, pool_size=8, max_overflow=16)
+                    try:
+                        _migrate(engine)
+                    except Exception:
+                        engine.dispose()
+                        raise
+                    self._engine = engine
+        return self._engine
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction, committed on success. On SQLite it holds the write lock from the start."""
+        with self.engine().begin() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
+
+
+def insert_ignore(conn: Connection, table: Table, **values: Any) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING, on SQLite and PostgreSQL alike."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    conn.execute(dialect_insert(table).values(**values).on_conflict_do_nothing())

@@ -1,0 +1,214 @@
+"""The database-backed `UsageGate`: exact per-key image quotas, and the usage ledger.
+
+`admit` runs one transaction per request: lock the key's row (`SELECT ... FOR UPDATE` on PostgreSQL;
+SQLite's `BEGIN IMMEDIATE` already holds the write lock), sum the images the key has in the last minute
+and day, and either insert a `pending` ledger row reserving `n` images or a `rate_limit_exceeded` row
+and raise the 429. Because the sum and the insert happen under the lock, concurrent requests (threads,
+processes, replicas sharing PostgreSQL) are admitted one after another and never overshoot.
+`settle` turns the row into the final record and gives back images that were not produced.
+
+Times come from an injectable clock, so tests move through minutes and days without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import Connection, case, func, select, update
+
+from pipelines.types import GenerationRequest
+from server.auth import Principal
+from server.db import Database, api_keys, insert_ignore, usage_ledger
+from server.errors import ApiError, RateLimitExceeded
+from server.quotas import Limits, refusal, seconds_until_fits, tier_limits
+from server.service import Outcome
+
+logger = logging.getLogger(__name__)
+
+STALE_AFTER_SECONDS = 3600.0  # no generation runs this long; a pending row this old lost its server
+
+
+def utc_day(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).date().isoformat()
+
+
+class UsageLedger:
+    """Quotas before work and the ledger after it; see the module docs."""
+
+    def __init__(self, db: Database, tiers: Mapping[str, Any], clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.tiers = tiers
+        self.clock = clock
+
+    # --- UsageGate ----------------------------------------------------------------------------------
+
+    async def admit(self, principal: Principal, request: GenerationRequest) -> None:
+        reservation = asyncio.ensure_future(asyncio.to_thread(self.admit_sync, principal, request))
+        try:
+            await asyncio.shield(reservation)
+        except asyncio.CancelledError:
+            # The client went away while we reserved: the thread may still commit the reservation, and
+            # nobody will settle it, so wait for it and give the images back before passing the cancel on.
+            with contextlib.suppress(Exception):
+                await reservation
+                await asyncio.to_thread(self.settle_sync, Outcome(
+                    principal, request.request_id, request.model, 0, request.size, request.quality, 0.0, 0.0,
+                    "cancelled"), request.n)
+            raise
+
+    async def settle(self, outcome: Outcome, reserved: int) -> None:
+        await asyncio.to_thread(self.settle_sync, outcome, reserved)
+
+    def admit_sync(self, principal: Principal, request: GenerationRequest) -> None:
+        now = self.clock()
+        with self.db.transaction() as conn:
+            key = self._lock_key(conn, principal)
+            limits = self.limits_for(key["tier"], key["images_per_minute"], key["images_per_day"])
+            error: RateLimitExceeded | None = None
+            for window in limits.windows():
+                used = self._used(conn, principal.key_id, now - window.seconds)
+                if used + request.n <= window.limit:
+                    continue
+                events = conn.execute(select(usage_ledger.c.ts, usage_ledger.c.images).where(
+                    usage_ledger.c.key_id == principal.key_id, usage_ledger.c.ts > now - window.seconds,
+                    usage_ledger.c.images > 0)).all()
+                wait = seconds_until_fits([(ts, images) for ts, images in events], request.n, window, now)
+                candidate = refusal(window, used, request.n, wait, key["tier"])
+                if error is None or candidate.retry_after > error.retry_after:
+                    error = candidate
+            conn.execute(usage_ledger.insert().values(
+                request_id=request.request_id, key_id=principal.key_id, ts=now, day=utc_day(now),
+                model=request.model, requested=request.n, images=0 if error else request.n, size=request.size,
+                quality=request.quality, cost_usd=0.0, status=error.type if error else "pending",
+                finished_at=now if error else None))
+            conn.execute(update(api_keys).where(api_keys.c.key_id == principal.key_id).values(last_used_at=now))
+        if error is not None:
+            logger.info("%s: refused %d images for key %s: %s", request.request_id, request.n, principal.key_id,
+                        error.message)
+            raise error
+
+    def release_stale(self, older_than: float = STALE_AFTER_SECONDS) -> int:
+        """Give back reservations never settled (the server died mid-request); returns how many rows.
+
+        An unsettled request never answered its client, so its images were not delivered. The age guard
+        leaves alone requests still running on another replica.
+        """
+        now = self.clock()
+        with self.db.transaction() as conn:
+            released = conn.execute(update(usage_ledger).where(
+                usage_ledger.c.status == "pending", usage_ledger.c.ts < now - older_than).values(
+                images=0, status="abandoned", finished_at=now)).rowcount
+        if released:
+            logger.warning("gave back the images of %d requests left unsettled by a stopped server", released)
+        return released
+
+    def settle_sync(self, outcome: Outcome, reserved: int) -> None:
+        now = self.clock()
+        images = min(outcome.images, reserved) if outcome.status == "ok" else 0
+        values = {"model": outcome.model, "images": images, "size": outcome.size, "quality": outcome.quality,
+                  "cost_usd": outcome.cost_usd, "latency_ms": round(outcome.latency_ms, 1),
+                  "status": outcome.status, "finished_at": now}
+        with self.db.transaction() as conn:
+            updated = conn.execute(update(usage_ledger).where(
+                usage_ledger.c.request_id == outcome.request_id, usage_ledger.c.status == "pending").values(**values))
+            if updated.rowcount == 0:  # admitted elsewhere (another gate): record it all the same
+                insert_ignore(conn, usage_ledger, request_id=outcome.request_id, key_id=outcome.principal.key_id,
+                              ts=now, day=utc_day(now), requested=reserved, **values)
+        if images < reserved:
+            logger.info("%s: gave back %d of %d reserved images (%s)", outcome.request_id, reserved - images,
+                        reserved, outcome.status)
+
+    # --- limits -------------------------------------------------------------------------------------
+
+    def limits_for(self, tier: str, per_minute: int | None, per_day: int | None) -> Limits:
+        base = tier_limits(self.tiers, tier)
+        if base is None:
+            raise ApiError(f"This key's tier '{tier}' is not configured on the server; ask its operator.")
+        return Limits.resolve(base, per_minute, per_day)
+
+    def _lock_key(self, conn: Connection, principal: Principal) -> Any:
+        query = select(api_keys.c.tier, api_keys.c.images_per_minute, api_keys.c.images_per_day).where(
+            api_keys.c.key_id == principal.key_id).with_for_update()
+        row = conn.execute(query).one_or_none()
+        if row is None:  # a principal from another authenticator: give it a row to count and lock on
+            insert_ignore(conn, api_keys, key_id=principal.key_id, name=principal.key_id, key_hash=None,
+                          source="builtin", tier=principal.tier, created_at=self.clock())
+            row = conn.execute(query).one()
+        return row._mapping
+
+    @staticmethod
+    def _used(conn: Connection, key_id: str, since: float) -> int:
+        return int(conn.scalar(select(func.coalesce(func.sum(usage_ledger.c.images), 0)).where(
+            usage_ledger.c.key_id == key_id, usage_ledger.c.ts > since)) or 0)
+
+    # --- reports ------------------------------------------------------------------------------------
+
+    def today(self) -> dt.date:
+        return dt.date.fromisoformat(utc_day(self.clock()))
+
+    def report(self, key_id: str, start: dt.date, end: dt.date) -> dict[str, Any]:
+        """One key's totals over [start, end] (UTC days): overall, per model, per day; plus its limits now."""
+        now = self.clock()
+        with self.db.transaction() as conn:
+            rows = self._totals(conn, start, end, key_id)
+            key = conn.execute(select(api_keys.c.name, api_keys.c.tier, api_keys.c.images_per_minute,
+                                      api_keys.c.images_per_day).where(api_keys.c.key_id == key_id)).one_or_none()
+            used_minute = self._used(conn, key_id, now - 60)
+            used_day = self._used(conn, key_id, now - 86_400)
+        report: dict[str, Any] = {"object": "usage", "start": start.isoformat(), "end": end.isoformat()}
+        report.update(summarise(rows))
+        if key is not None:
+            limits = self.limits_for(key.tier, key.images_per_minute, key.images_per_day)
+            report["key"] = {"name": key.name, "tier": key.tier}
+            report["limits"] = {"images_per_minute": limits.per_minute, "images_per_day": limits.per_day,
+                                "used_last_minute": used_minute, "used_last_day": used_day}
+        return report
+
+    def report_all(self, start: dt.date, end: dt.date) -> list[dict[str, Any]]:
+        """Every key's totals per model over [start, end]: one dict per (key, model)."""
+        with self.db.transaction() as conn:
+            rows = self._totals(conn, start, end, None, by_day=False)
+            names = {r.key_id: (r.name, r.tier) for r in conn.execute(
+                select(api_keys.c.key_id, api_keys.c.name, api_keys.c.tier))}
+        return [{"key_id": r.key_id, "name": names.get(r.key_id, (r.key_id, "?"))[0],
+                 "tier": names.get(r.key_id, ("", "?"))[1], "model": r.model, "images": int(r.images or 0),
+                 "cost_usd": round(float(r.cost_usd or 0), 6), "requests": int(r.requests)} for r in rows]
+
+    @staticmethod
+    def _totals(conn: Connection, start: dt.date, end: dt.date, key_id: str | None, by_day: bool = True) -> list[Any]:
+        ok = usage_ledger.c.status == "ok"
+        groups = [usage_ledger.c.key_id, usage_ledger.c.model] + ([usage_ledger.c.day] if by_day else [])
+        query = select(
+            *groups,
+            func.sum(case((ok, usage_ledger.c.images), else_=0)).label("images"),
+            func.sum(case((ok, usage_ledger.c.cost_usd), else_=0.0)).label("cost_usd"),
+            func.count().label("requests"),
+        ).where(usage_ledger.c.day >= start.isoformat(), usage_ledger.c.day <= end.isoformat())
+        if key_id is not None:
+            query = query.where(usage_ledger.c.key_id == key_id)
+        return list(conn.execute(query.group_by(*groups).order_by(*groups)).all())
+
+
+def summarise(rows: list[Any]) -> dict[str, Any]:
+    """Fold (model, day) totals into overall, per-model and per-day totals."""
+    total = {"images": 0, "cost_usd": 0.0, "requests": 0}
+    by_model: dict[str, dict[str, Any]] = {}
+    by_day: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        amounts = {"images": int(row.images or 0), "cost_usd": float(row.cost_usd or 0),
+                   "requests": int(row.requests)}
+        for bucket in (total, by_model.setdefault(row.model, {"model": row.model, "images": 0, "cost_usd": 0.0,
+                                                              "requests": 0}),
+                       by_day.setdefault(row.day, {"date": row.day, "images": 0, "cost_usd": 0.0, "requests": 0})):
+            for name, value in amounts.items():
+                bucket[name] += value
+    for bucket in (total, *by_model.values(), *by_day.values()):
+        bucket["cost_usd"] = round(bucket["cost_usd"], 6)
+    return {"total": total, "by_model": list(by_model.values()), "by_day": sorted(by_day.values(),
+                                                                                  key=lambda b: b["date"])}
