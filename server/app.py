@@ -14,19 +14,24 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.types import ImageBackend
 from server import __version__
-from server.auth import Authenticator, Principal, parse_api_keys
+from server.auth import Principal, parse_api_keys
 from server.backends import build_backend
+from server.db import Database
 from server.errors import ApiError, InvalidRequest
+from server.keys import KeyAuthenticator, KeyStore
+from server.metrics import Metrics
 from server.protocol import parse_body
 from server.registry import ModelRegistry
 from server.service import ImageService, UsageGate
 from server.settings import Settings
 from server.storage import ImageStore, load_or_create_signing_key
+from server.usage import UsageLedger
+from server.usage_routes import build_usage_router
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +79,27 @@ class ClientDisconnected(Exception):
 
 def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
     registry = build_registry(settings)
-    authenticator = Authenticator(parse_api_keys(settings.api_keys.get_secret_value()))
+    database = Database.from_settings(settings)  # keys, quotas, ledger: SQLite in data_dir by default
+    authenticator = KeyAuthenticator(KeyStore(database), parse_api_keys(settings.api_keys.get_secret_value()),
+                                     allow_open=settings.listens_on_loopback_only(),
+                                     failures_per_minute=settings.auth_failures_per_minute)
+    ledger = UsageLedger(database, settings.tiers)
+    if usage is None:
+        usage = ledger
     backends: dict[str, ImageBackend] = {spec.id: build_backend(spec, settings) for spec in registry}
     signing_key = load_or_create_signing_key(
         settings.data_dir, settings.url_signing_key.get_secret_value() if settings.url_signing_key else None
     )
     store = ImageStore(settings.data_dir / "images", signing_key, settings.base_url, settings.url_ttl_seconds)
-    service = ImageService(registry, backends, store, settings.default_model, usage)
+    metrics = Metrics()
+    metrics.attach(backends)
+    service = ImageService(registry, backends, store, settings.default_model, usage,
+                           on_outcome=metrics.observe_outcome)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(authenticator.prepare)  # creates and migrates the database
+        await asyncio.to_thread(ledger.release_stale)
         for backend in backends.values():
             await backend.start()
         for model_id in settings.preload:
@@ -103,6 +119,7 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
             sweeper.cancel()
             for backend in backends.values():
                 await backend.close()
+            await asyncio.to_thread(database.dispose)
 
     app = FastAPI(title="imageserve", version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -110,6 +127,8 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
     app.state.backends = backends
     app.state.store = store
     app.state.authenticator = authenticator
+    app.state.database = database
+    app.state.metrics = metrics
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -136,14 +155,17 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
         return error_response(ApiError("The server had an error while processing your request."),
                               getattr(request.state, "request_id", None))
 
-    def authenticate(request: Request) -> Principal:
-        return authenticator.authenticate(request.headers.get("authorization"))
+    async def authenticate(request: Request) -> Principal:
+        client_ip = request.client.host if request.client else None
+        return await authenticator.authenticate(request.headers.get("authorization"), client_ip)
+
+    app.include_router(build_usage_router(authenticate, ledger))
 
     @app.post("/v1/images/generations")
     async def generate_images(request: Request) -> Any:
         request_id = f"req_img_{secrets.token_hex(12)}"
         request.state.request_id = request_id
-        principal = authenticate(request)
+        principal = await authenticate(request)
         body = parse_body(await request.body())
         try:
             payload = await run_unless_disconnected(request, service.generate(body, principal, request_id))
@@ -155,12 +177,12 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
-        authenticate(request)
+        await authenticate(request)
         return {"object": "list", "data": [_model_entry(spec_id) for spec_id in registry.ids()]}
 
     @app.get("/v1/models/{model_id}")
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-        authenticate(request)
+        await authenticate(request)
         if registry.get(model_id) is None:
             raise ApiError(f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
         return _model_entry(model_id)
@@ -199,6 +221,11 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
     async def image_file(name: str, expires: str | None = None, sig: str | None = None) -> FileResponse:
         path, media_type = store.open(name, expires, sig)
         return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -23,13 +23,26 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def check_exposure(settings: Settings) -> str | None:
     """Refuse an open server on a non-loopback address; warn loudly on loopback. Returns an error."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from server.auth import parse_api_keys
+    from server.db import Database
+    from server.keys import KeyStore
 
     if parse_api_keys(settings.api_keys.get_secret_value()):
         return None
+    database = Database.from_settings(settings)
+    try:
+        if KeyStore(database).has_active_keys():
+            return None
+    except SQLAlchemyError as exc:
+        return f"cannot open the database {database.display_url}: {str(exc).splitlines()[0]}"
+    finally:
+        database.dispose()
     if not settings.listens_on_loopback_only():
         return (f"refusing to listen on {settings.host} without API keys: anyone who can reach it could use "
-                "it. Set IMAGESERVE_API_KEYS (e.g. 'secret1:pro,secret2:free') or listen on 127.0.0.1.")
+                "it. Create one with `imageserve keys create --tier pro`, set IMAGESERVE_API_KEYS "
+                "(e.g. 'secret1:pro,secret2:free') or listen on 127.0.0.1.")
     banner = "!" * 78
     logger.warning("%s\nNO API KEYS CONFIGURED: accepting unauthenticated requests on loopback %s only.\n"
                    "Set IMAGESERVE_API_KEYS before exposing this server.\n%s", banner, settings.host, banner)
@@ -65,7 +78,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         backend = build_backend(spec, settings)
         readiness = backend.readiness()
         describe = getattr(backend, "describe", None)
-        runs_on = "{device}/{dtype}".format(**describe()) if describe else "vendor API"
+        runs_on = "vendor API"
+        if describe:
+            described = describe()
+            configured = described.get("optimizations", {}).get("configured", [])
+            runs_on = " ".join(["{device}/{dtype}".format(**described), *configured])
         rows.append((spec.id, spec.provider, "yes" if readiness.ready else "no", f"${spec.price_usd:.3f}",
                      runs_on, readiness.detail))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -120,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("model")
     pull.add_argument("--config", type=Path, default=argparse.SUPPRESS)
     pull.set_defaults(handler=cmd_pull)
+
+    from server.bench import add_bench_command
+
+    add_bench_command(commands)
+
+    from server.cli_admin import add_admin_commands
+
+    add_admin_commands(commands)
     return parser
 
 

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,17 +69,25 @@ class ImageService:
         store: ImageStore,
         default_model: str,
         usage: UsageGate | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
         self.registry = registry
         self.backends = backends
         self.store = store
         self.default_model = default_model
         self.usage: UsageGate = usage or NoUsageLimits()
+        self.on_outcome = on_outcome  # metrics: every request that named a known model, admitted or not
 
     async def generate(self, body: ImageGenerationBody, principal: Principal, request_id: str) -> dict[str, Any]:
         started = time.perf_counter()
         request, spec = to_generation_request(body, self.registry, self.default_model, request_id)
-        await self.usage.admit(principal, request)
+        try:
+            await self.usage.admit(principal, request)
+        except ApiError as exc:
+            if self.on_outcome is not None:
+                self.on_outcome(Outcome(principal, request_id, spec.id, 0, request.size, request.quality, 0.0,
+                                        (time.perf_counter() - started) * 1000, exc.type))
+            raise
         result: GenerationResult | None = None
         status = "error"
         try:
@@ -98,6 +107,8 @@ class ImageService:
             quality = result.quality if result is not None else request.quality
             outcome = Outcome(principal, request_id, spec.id, produced, size, quality,
                               spec.cost(produced, size, quality), latency_ms, status)
+            if self.on_outcome is not None:
+                self.on_outcome(outcome)
             await asyncio.shield(self.usage.settle(outcome, request.n))
         assert result is not None
         return {

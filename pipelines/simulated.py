@@ -1,0 +1,164 @@
+"""A simulated device: the local-model backend with a runner that waits instead of computing.
+
+`kind = "simulated"` models go through exactly the same `LocalDiffusersBackend` (scheduler, `BatchKey`
+grouping, per-image seeds, `batch_size`/`device_ms`), only `_create_runner` differs. The runner's worker
+thread makes real images of the requested size (a per-seed gradient with 4 bits of noise, so a
+1024x1024 PNG is ~1.9 MB and costs what a real one costs to encode) and then sleeps out the rest of
+the batch's device time, which releases the GIL as a GPU kernel wait would:
+
+    device seconds = steps * (step_seconds_base + step_seconds_per_megapixel * total megapixels) * time_scale
+
+This measures the scheduler and the CPU side (encoding, base64, HTTP) at realistic loads on any machine.
+
+The FLUX.1-dev on one H100 profile (`FLUX_DEV_H100`, also shipped as
+`benchmarks/profiles/flux-dev-sim-h100.toml`) comes from the published numbers: diffusers bf16 eager
+takes ~6.6 s for one 1024x1024 image (1.048576 MP) at 28 steps, and batching adds only 5-15% throughput
+at that size. One step of a batch of one is 6.6 / 28 = 0.2357 s = base + per_mp * 1.048576. Taking a
+10% gain at batch 4 (the middle of the range): 4 * 0.2357 / (base + 4 * per_mp * 1.048576) = 1.10, so
+per_mp * 1.048576 = 0.2357 * (4 / 1.10 - 1) / 3 = 0.2071 s and base = 0.0286 s; per_mp = 0.1975 s/MP.
+The profile then gives +6.5% at batch 2, +10% at batch 4 and at most +14% (1 + base / (per_mp * MP))
+for any batch: the whole published range. The 6.6 s includes text encoding and VAE decoding, which
+the profile folds into its steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipelines.local import LocalDiffusersBackend
+from pipelines.scheduler import BatchKey, ImageJobSpec
+from pipelines.types import Readiness
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from server.registry import ModelSpec
+    from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """How long a batch takes on the simulated device; `time_scale` < 1 runs faster than real time."""
+
+    step_seconds_base: float
+    step_seconds_per_megapixel: float
+    time_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.step_seconds_base < 0 or self.step_seconds_per_megapixel < 0:
+            raise ValueError("step seconds must not be negative")
+        if self.time_scale <= 0:
+            raise ValueError("time_scale must be greater than 0")
+
+    def batch_seconds(self, steps: int, width: int, height: int, images: int) -> float:
+        """Device time of one batch of `images` images of `width`x`height`, already scaled."""
+        megapixels = images * width * height / 1e6
+        return steps * (self.step_seconds_base + self.step_seconds_per_megapixel * megapixels) * self.time_scale
+
+    def images_per_second(self, steps: int, width: int, height: int, images: int) -> float:
+        """The ideal throughput: a device that is never idle, running batches of `images`."""
+        return images / self.batch_seconds(steps, width, height, images)
+
+
+# FLUX.1-dev, bf16, diffusers eager, one H100; derivation in the module docstring.
+FLUX_DEV_H100 = DeviceProfile(step_seconds_base=0.0286, step_seconds_per_megapixel=0.1975)
+
+
+def synthesize_image(width: int, height: int, seed: int) -> Image:
+    """A deterministic image for `seed`: a colour gradient plus 4 bits of noise (PNG ~60% of raw)."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(seed)
+    start = rng.integers(0, 128, 3)
+    span = rng.integers(-64, 64, 3)
+    across = (start[None, :] + np.outer(np.linspace(0, 0.5, width), span)).astype(np.int16)  # (w, 3)
+    down = np.outer(np.linspace(0, 0.5, height), span).astype(np.int16)  # (h, 3)
+    pixels = (across[None, :, :] + down[:, None, :]).clip(0, 239).astype(np.uint8)
+    pixels += np.frombuffer(rng.bytes(width * height * 3), np.uint8).reshape(height, width, 3) & 15
+    return PILImage.fromarray(pixels, "RGB")
+
+
+class SimulatedRunner:
+    """Owns the simulated device: one worker thread, like `DiffusersRunner`, so batches never overlap.
+
+    `sleep` and `clock` are injectable so tests check the device-time formula without a wall clock.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        profile: DeviceProfile,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.profile = profile
+        self._sleep = sleep
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"simulated-{name}")
+
+    @property
+    def loaded(self) -> bool:
+        return True
+
+    async def load(self) -> None:
+        return None
+
+    async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> list[Any]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_sync, key, list(specs))
+
+    def run_sync(self, key: BatchKey, specs: list[ImageJobSpec]) -> list[Image]:
+        """Make the images, then wait out the rest of the batch's device time (making them is part of it)."""
+        started = self._clock()
+        device_s = self.profile.batch_seconds(key.steps, key.width, key.height, len(specs))
+        images = [synthesize_image(key.width, key.height, spec.seed) for spec in specs]
+        remaining = device_s - (self._clock() - started)
+        if remaining > 0:
+            self._sleep(remaining)
+        return images
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def profile_for(spec: ModelSpec, settings: Settings) -> DeviceProfile:
+    """The `[models.<id>]` profile; fields left out default to FLUX.1-dev on an H100."""
+    model_settings = settings.model_settings(spec.id)
+    base = model_settings.step_seconds_base
+    per_mp = model_settings.step_seconds_per_megapixel
+    return DeviceProfile(
+        step_seconds_base=FLUX_DEV_H100.step_seconds_base if base is None else base,
+        step_seconds_per_megapixel=FLUX_DEV_H100.step_seconds_per_megapixel if per_mp is None else per_mp,
+        time_scale=model_settings.time_scale,
+    )
+
+
+class SimulatedBackend(LocalDiffusersBackend):
+    """A local model on a simulated device: same scheduler, seeds and results; no weights needed."""
+
+    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+        super().__init__(spec, settings)
+        self.profile = profile_for(spec, settings)
+
+    def _create_runner(self) -> SimulatedRunner:
+        return SimulatedRunner(self.spec.id, self.profile)
+
+    def readiness(self) -> Readiness:
+        p = self.profile
+        return Readiness(True, f"simulated device: {p.step_seconds_base:g} s + {p.step_seconds_per_megapixel:g} s/MP "
+                               f"per step, time scale {p.time_scale:g}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": "simulated", "dtype": "bf16", "max_batch_images": self._model_settings.max_batch_images,
+                "step_seconds_base": self.profile.step_seconds_base,
+                "step_seconds_per_megapixel": self.profile.step_seconds_per_megapixel,
+                "time_scale": self.profile.time_scale}

@@ -1,0 +1,358 @@
+"""`imageserve bench`: latency, throughput and cost of any OpenAI-compatible images endpoint.
+
+Every `--model` runs against every `--base-url` (or against its own with `MODEL@URL`), one target after
+the other so they do not slow each other down, each with `--concurrency` clients sending `--requests`
+requests through the official `openai` client. The output folder gets `bench.json` (every request's
+latency, cost and `perf` fields), `bench.md` (p50, p95, images/s, cost per image) and `bench.png` (when
+matplotlib, the `bench` extra, is installed).
+
+Cost comes from the response's `perf.cost_usd` when the server sends one (ours does), else from
+`--price MODEL=USD`, else from the built-in price table (the registry's list prices per image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "A lighthouse on a cliff at dawn, waves below, photorealistic"
+
+
+@dataclass(frozen=True)
+class Target:
+    base_url: str
+    model: str
+    api_key: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} @ {urlsplit(self.base_url).netloc or self.base_url}"
+
+
+@dataclass
+class RequestRecord:
+    target: str
+    index: int
+    started_s: float  # since the target's run began
+    latency_s: float
+    ok: bool
+    images: int = 0
+    cost_usd: float | None = None
+    cost_source: str | None = None  # "perf", "flag", "table" or None when unknown
+    error: str | None = None
+    perf: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    size: str = "1024x1024"
+    n: int = 1
+    concurrency: int = 4
+    requests: int = 16
+    warmup: int = 0
+    response_format: str = "b64_json"
+    prompt: str = DEFAULT_PROMPT
+    quality: str | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float = 600.0
+    progress: bool = True
+
+
+class PriceTable:
+    """Per-image list prices: `--price` flags first, then the registry's defaults."""
+
+    def __init__(self, flags: dict[str, float] | None = None) -> None:
+        from server.registry import ModelRegistry
+
+        self._flags = dict(flags or {})
+        self._registry = ModelRegistry.from_overrides({})
+
+    def cost(self, model: str, images: int, size: str, quality: str | None) -> tuple[float | None, str | None]:
+        if model in self._flags:
+            return round(self._flags[model] * images, 6), "flag"
+        spec = self._registry.get(model)
+        if spec is None:
+            return None, None
+        return spec.cost(images, size, quality or "standard"), "table"
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+
+async def _one_request(client: Any, target: Target, options: BenchOptions, prices: PriceTable, index: int,
+                       began: float) -> RequestRecord:
+    import openai
+
+    arguments: dict[str, Any] = {"model": target.model, "prompt": options.prompt, "n": options.n,
+                                 "size": options.size, "response_format": options.response_format}
+    if options.quality:
+        arguments["quality"] = options.quality
+    if options.extra_body:
+        arguments["extra_body"] = options.extra_body
+    started = time.perf_counter()
+    try:
+        response = await client.images.generate(**arguments)
+    except openai.APIStatusError as exc:
+        return RequestRecord(target.label, index, started - began, time.perf_counter() - started, False,
+                             error=f"HTTP {exc.status_code}: {_error_message(exc)}")
+    except openai.APIError as exc:
+        return RequestRecord(target.label, index, started - began, time.perf_counter() - started, False,
+                             error=f"{type(exc).__name__}: {exc}")
+    latency = time.perf_counter() - started
+    perf = dict((response.model_extra or {}).get("perf") or {})
+    images = len(response.data or [])
+    if isinstance(perf.get("cost_usd"), int | float):
+        cost, source = float(perf["cost_usd"]), "perf"
+    else:
+        cost, source = prices.cost(target.model, images, options.size, options.quality)
+    return RequestRecord(target.label, index, started - began, latency, True, images, cost, source, perf=perf)
+
+
+def _error_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:300]
+    return str(exc)[:300]
+
+
+async def run_target(target: Target, options: BenchOptions, prices: PriceTable) -> tuple[list[RequestRecord], float]:
+    """All of one target's requests at its concurrency; returns the records and the run's wall time."""
+    from openai import AsyncOpenAI
+    from tqdm import tqdm
+
+    client = AsyncOpenAI(base_url=target.base_url, api_key=target.api_key, max_retries=0,
+                         timeout=options.timeout_s)
+    try:
+        if options.warmup:
+            await asyncio.gather(*(_one_request(client, target, options, prices, -1, time.perf_counter())
+                                   for _ in range(options.warmup)))
+        records: list[RequestRecord] = []
+        pending = iter(range(options.requests))
+        bar = tqdm(total=options.requests, desc=target.label, unit="req", disable=not options.progress,
+                   file=sys.stderr)
+        began = time.perf_counter()
+
+        async def client_loop() -> None:
+            for index in pending:
+                record = await _one_request(client, target, options, prices, index, began)
+                records.append(record)
+                bar.update(1)
+                if not record.ok:
+                    bar.set_postfix_str(f"errors={sum(not r.ok for r in records)}")
+
+        await asyncio.gather(*(client_loop() for _ in range(max(1, options.concurrency))))
+        wall = time.perf_counter() - began
+        bar.close()
+    finally:
+        await client.close()
+    records.sort(key=lambda record: record.index)
+    return records, wall
+
+
+# -- summarising ------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize(records: list[RequestRecord], wall_s: float) -> dict[str, Any]:
+    ok = [record for record in records if record.ok]
+    latencies = [record.latency_s for record in ok]
+    images = sum(record.images for record in ok)
+    costs = [record.cost_usd for record in ok if record.cost_usd is not None]
+    known_cost = bool(ok) and len(costs) == len(ok)
+    total_cost = sum(costs) if known_cost else None
+    return {
+        "requests": len(records),
+        "ok": len(ok),
+        "errors": len(records) - len(ok),
+        "images": images,
+        "wall_s": round(wall_s, 3),
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+        "latency_mean_s": statistics.fmean(latencies) if latencies else None,
+        "images_per_s": images / wall_s if wall_s > 0 else None,
+        "cost_usd_total": total_cost,
+        "cost_usd_per_image": total_cost / images if total_cost is not None and images else None,
+        "cost_sources": sorted({record.cost_source for record in ok if record.cost_source}),
+        "first_error": next((record.error for record in records if not record.ok), None),
+    }
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def markdown_table(results: list[dict[str, Any]], options: BenchOptions) -> str:
+    lines = [
+        f"# imageserve bench: {options.size}, n={options.n}, {options.response_format}, "
+        f"concurrency {options.concurrency}, {options.requests} requests per target",
+        "",
+        "| target | ok/requests | p50 latency (s) | p95 latency (s) | images/s | cost per image (USD) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        s = result["summary"]
+        cost = _fmt(s["cost_usd_per_image"], "{:.4f}")
+        if s["cost_sources"] and s["cost_sources"] != ["perf"]:
+            cost += f" ({'/'.join(s['cost_sources'])})"
+        lines.append(f"| {result['label']} | {s['ok']}/{s['requests']} | {_fmt(s['latency_p50_s'], '{:.2f}')} | "
+                     f"{_fmt(s['latency_p95_s'], '{:.2f}')} | {_fmt(s['images_per_s'], '{:.3f}')} | {cost} |")
+    errors = [(result["label"], result["summary"]["first_error"]) for result in results
+              if result["summary"]["first_error"]]
+    if errors:
+        lines += ["", "First error per target:", ""] + [f"- {label}: {error}" for label, error in errors]
+    return "\n".join(lines) + "\n"
+
+
+def write_chart(results: list[dict[str, Any]], records: list[RequestRecord], path: Path) -> str | None:
+    """A PNG with latency per target, images/s and cost per image; returns why it was skipped, if it was."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install 'imageserve[bench]'); no chart written"
+    labels = [result["label"] for result in results]
+    figure, (latency_ax, rate_ax, cost_ax) = plt.subplots(1, 3, figsize=(15, 4.5))
+    samples = [[r.latency_s for r in records if r.target == label and r.ok] for label in labels]
+    latency_ax.boxplot(samples, showfliers=True)
+    latency_ax.set_xticks(range(1, len(labels) + 1), labels, rotation=20, ha="right", fontsize=8)
+    latency_ax.set_ylabel("latency (s)")
+    latency_ax.set_title("latency per request")
+    rates = [result["summary"]["images_per_s"] or 0.0 for result in results]
+    rate_ax.bar(labels, rates, color="tab:green")
+    rate_ax.set_title("throughput (images/s)")
+    costs = [result["summary"]["cost_usd_per_image"] or 0.0 for result in results]
+    cost_ax.bar(labels, costs, color="tab:orange")
+    cost_ax.set_title("cost per image (USD)")
+    for axis in (rate_ax, cost_ax):
+        axis.tick_params(axis="x", labelrotation=20, labelsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return None
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+
+def build_targets(models: list[str], base_urls: list[str], api_keys: list[str]) -> list[Target]:
+    """`--model` x `--base-url`; `MODEL@URL` pins a model to one endpoint. Keys pair with URLs in order."""
+    if len(api_keys) > 1 and len(api_keys) != len(base_urls):
+        raise ValueError("give --api-key once (for every endpoint) or once per --base-url, in the same order")
+
+    def key_for(url: str) -> str:
+        if len(api_keys) > 1 and url in base_urls:
+            return api_keys[base_urls.index(url)]
+        return api_keys[0] if api_keys else (os.environ.get("OPENAI_API_KEY") or "none")
+
+    targets: list[Target] = []
+    for model in models:
+        name, _, pinned = model.partition("@")
+        for url in [pinned] if pinned else base_urls:
+            targets.append(Target(url.rstrip("/"), name, key_for(url)))
+    return targets
+
+
+def _price_flags(values: list[str]) -> dict[str, float]:
+    prices: dict[str, float] = {}
+    for value in values:
+        model, _, price = value.partition("=")
+        try:
+            prices[model] = float(price)
+        except ValueError:
+            raise ValueError(f"--price takes MODEL=USD_PER_IMAGE, not {value!r}") from None
+    return prices
+
+
+async def run_bench(targets: list[Target], options: BenchOptions, prices: PriceTable, out: Path) -> dict[str, Any]:
+    all_records: list[RequestRecord] = []
+    results: list[dict[str, Any]] = []
+    for target in targets:
+        records, wall = await run_target(target, options, prices)
+        all_records += records
+        results.append({"label": target.label, "base_url": target.base_url, "model": target.model,
+                        "summary": summarize(records, wall)})
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "options": {k: v for k, v in asdict(options).items() if k != "progress"},
+        "targets": results,
+        "requests": [asdict(record) for record in all_records],
+    }
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    table = markdown_table(results, options)
+    (out / "bench.md").write_text(table)
+    skipped = write_chart(results, all_records, out / "bench.png")
+    report["chart_skipped"] = skipped
+    print(table)
+    print(skipped or f"chart: {out / 'bench.png'}")
+    print(f"raw numbers: {out / 'bench.json'}")
+    return report
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    logging.getLogger().setLevel(logging.WARNING)  # per-request HTTP logs would garble the progress bar
+    if args.n < 1 or args.concurrency < 1 or args.requests < 1 or args.warmup < 0:
+        print("error: --n, --concurrency and --requests must be at least 1", file=sys.stderr)
+        return 2
+    targets = build_targets(args.model, args.base_url or ["http://127.0.0.1:8000/v1"], args.api_key or [])
+    options = BenchOptions(size=args.size, n=args.n, concurrency=args.concurrency, requests=args.requests,
+                           warmup=args.warmup, response_format=args.response_format, prompt=args.prompt,
+                           quality=args.quality, extra_body=json.loads(args.extra_body) if args.extra_body else {},
+                           timeout_s=args.timeout, progress=not args.no_progress)
+    out = args.out or Path("bench-results") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    report = asyncio.run(run_bench(targets, options, PriceTable(_price_flags(args.price or [])), out))
+    return 0 if all(result["summary"]["ok"] for result in report["targets"]) else 1
+
+
+def add_bench_command(commands: Any) -> None:
+    """Register `bench` on the CLI's subparsers."""
+    bench = commands.add_parser("bench", help="measure latency, throughput and cost of images endpoints",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("--base-url", action="append", help="OpenAI-compatible API base, e.g. "
+                       "http://127.0.0.1:8000/v1 (repeatable; default that one)")
+    bench.add_argument("--model", action="append", required=True,
+                       help="model id (repeatable); MODEL@URL runs it against that endpoint only")
+    bench.add_argument("--size", default="1024x1024")
+    bench.add_argument("--n", type=int, default=1, help="images per request")
+    bench.add_argument("--concurrency", type=int, default=4, help="clients sending at once, per target")
+    bench.add_argument("--requests", type=int, default=16, help="requests per target")
+    bench.add_argument("--warmup", type=int, default=0, help="unrecorded requests first (e.g. to load a model)")
+    bench.add_argument("--api-key", action="append",
+                       help="once for all endpoints or once per --base-url (default: $OPENAI_API_KEY)")
+    bench.add_argument("--response-format", choices=("b64_json", "url"), default="b64_json")
+    bench.add_argument("--quality", choices=("standard", "hd"), default=None)
+    bench.add_argument("--prompt", default=DEFAULT_PROMPT)
+    bench.add_argument("--extra-body", default=None, help='JSON merged into the body, e.g. \'{"seed": 1}\'')
+    bench.add_argument("--price", action="append", metavar="MODEL=USD",
+                       help="per-image price for models whose responses carry no perf.cost_usd")
+    bench.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    bench.add_argument("--out", type=Path, default=None, help="output folder (default bench-results/<time>)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(handler=cmd_bench)

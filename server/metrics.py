@@ -1,0 +1,112 @@
+"""`GET /metrics` in the Prometheus text format.
+
+Each app gets its own `CollectorRegistry` (never the global default), so several servers in one process
+(the tests) do not clash. Counters are fed by two hooks: the service's outcome per request
+(`ImageService(on_outcome=...)`) and each local scheduler's `on_batch(images, device_seconds)`. Queue
+depth and GPU memory are read when scraped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from server.service import Outcome
+
+logger = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+class _LiveCollector(Collector):
+    """Values read at scrape time: queue depth per local model, GPU memory where CUDA is in use."""
+
+    def __init__(self, backends: Mapping[str, Any]) -> None:
+        self._backends = backends
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        queue = GaugeMetricFamily("imageserve_queue_depth", "Images queued for the device, per local model.",
+                                  labels=["model"])
+        for model_id, backend in self._backends.items():
+            depth = getattr(backend, "queued_images", None)
+            if isinstance(depth, int):
+                queue.add_metric([model_id], depth)
+        yield queue
+        yield from _gpu_memory()
+
+
+def _gpu_memory() -> Iterator[GaugeMetricFamily]:
+    """Only where this process already uses CUDA: never imports torch, never initialises a device."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    try:
+        if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+            return
+        allocated = GaugeMetricFamily("imageserve_gpu_memory_allocated_bytes", "Memory held by tensors.",
+                                      labels=["device"])
+        reserved = GaugeMetricFamily("imageserve_gpu_memory_reserved_bytes", "Memory reserved by the allocator.",
+                                     labels=["device"])
+        total = GaugeMetricFamily("imageserve_gpu_memory_total_bytes", "Memory of the device.", labels=["device"])
+        for index in range(torch.cuda.device_count()):
+            label = [str(index)]
+            allocated.add_metric(label, torch.cuda.memory_allocated(index))
+            reserved.add_metric(label, torch.cuda.memory_reserved(index))
+            total.add_metric(label, torch.cuda.get_device_properties(index).total_memory)
+    except Exception as exc:  # noqa: BLE001 - a scrape must never fail because of the GPU
+        logger.debug("GPU memory metrics unavailable: %s", exc)
+        return
+    yield from (allocated, reserved, total)
+
+
+class Metrics:
+    """The server's metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("imageserve_requests", "Image requests by model and status ('ok' or an error type).",
+                                ["model", "status"], registry=r)
+        self.latency = Histogram("imageserve_request_latency_seconds", "Server-side latency of image requests.",
+                                 ["model", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.images = Counter("imageserve_images", "Images delivered, by model.", ["model"], registry=r)
+        self.cost = Counter("imageserve_cost_usd", "Cost of delivered images in USD, by model.", ["model"], registry=r)
+        self.batch_size = Histogram("imageserve_batch_size", "Images per device batch, by local model.",
+                                    ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.device_busy = Counter("imageserve_device_busy_seconds", "Seconds the device spent running batches.",
+                                   ["model"], registry=r)
+
+    def attach(self, backends: Mapping[str, Any]) -> None:
+        """Hook every local backend's batches (those with an `on_batch` slot) and read queues at scrape time."""
+        for model_id, backend in backends.items():
+            if hasattr(backend, "on_batch"):
+                backend.on_batch = self.batch_observer(model_id)
+        self.registry.register(_LiveCollector(backends))
+
+    def batch_observer(self, model_id: str) -> Callable[[int, float], None]:
+        batch_size = self.batch_size.labels(model_id)
+        busy = self.device_busy.labels(model_id)
+
+        def observe(images: int, device_seconds: float) -> None:
+            batch_size.observe(images)
+            busy.inc(device_seconds)
+
+        return observe
+
+    def observe_outcome(self, outcome: Outcome) -> None:
+        self.requests.labels(outcome.model, outcome.status).inc()
+        self.latency.labels(outcome.model, outcome.status).observe(outcome.latency_ms / 1000)
+        if outcome.images:
+            self.images.labels(outcome.model).inc(outcome.images)
+            self.cost.labels(outcome.model).inc(outcome.cost_usd)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
