@@ -131,6 +131,10 @@ class ImageService:
             perf["batch_size"] = result.batch_size
         if result.device_ms is not None:
             perf["device_ms"] = result.device_ms
+        # Forwarded models: which vendor model really made the image (ids can be remapped in the settings).
+        for key in ("provider", "upstream_model"):
+            if key in result.extra:
+                perf[key] = result.extra[key]
         return perf
 
     async def _materialize(

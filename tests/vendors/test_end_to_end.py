@@ -542,3 +542,22 @@ def test_rejected_requests_never_reach_the_vendor(vendor_server, client, emus, m
                                            if k in ("num_inference_steps", "guidance_scale", "seed")} or None)
     assert raised.value.param == param
     assert all(not emu.requests for emu in emus.values())
+
+
+# --- a remapped OpenAI model -------------------------------------------------------------------------
+
+
+def test_a_retired_model_remapped_to_gpt_image_reports_what_really_made_it(tmp_path_factory, emulators, emus):
+    """dall-e-3 mapped onto a GPT image model: parameters translated, perf names the upstream model."""
+    providers = _providers(emulators, KEYS, openai={"models": {"dall-e-3": "gpt-image-2"}})
+    with _serve(tmp_path_factory, providers) as server:
+        response = generate(server, model="dall-e-3", prompt="a kite", size="1792x1024", quality="hd")
+        assert response.status_code == 200, response.text
+        perf = response.json()["perf"]
+        assert perf["model_used"] == "dall-e-3" and perf["provider"] == "openai"
+        assert perf["upstream_model"] == "gpt-image-2"
+        assert perf["size"] == "1536x1024"  # the nearest size a GPT image model makes
+        assert perf["cost_usd"] == pytest.approx(0.08)  # our price table, for our model id
+        sent = next(r.body for r in emus["openai"].requests if r.method == "POST")
+        assert sent["model"] == "gpt-image-2" and sent["quality"] == "high"
+        assert "response_format" not in sent and "style" not in sent
