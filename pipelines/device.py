@@ -34,7 +34,7 @@ def choose_placement(device_setting: str, dtype_setting: str) -> Placement:
     """`auto` takes CUDA when present. CPU always runs fp32: half precision is slow or unsupported there."""
     has_cuda = cuda_available()
     if device_setting == "cuda" and not has_cuda:
-        raise RuntimeError(
+        raise ValueError(
             "IMAGESERVE_DEVICE=cuda but torch sees no CUDA device (is the CUDA build of torch installed?)"
         )
     if device_setting == "cuda" or (device_setting == "auto" and has_cuda):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,6 +36,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SEED_MODULUS = 2**32
+LOAD_RETRY_SECONDS = 10.0  # a model that failed to load is not retried by every request in a tight loop
+
+
+def _retrieve_exception(task: asyncio.Future[Any]) -> None:
+    """Mark a load failure as seen even if every request that waited for it has gone."""
+    if not task.cancelled():
+        task.exception()
 
 
 class DeviceRunner(Protocol):
@@ -152,14 +160,21 @@ class LocalDiffusersBackend:
         self._runner: DeviceRunner | None = None
         self._scheduler: BatchScheduler | None = None
         self.on_batch: Callable[[int, float], None] | None = None  # (images, device seconds), e.g. metrics
-        self._load_lock: asyncio.Lock | None = None
+        self._loading: asyncio.Future[BatchScheduler] | None = None
+        self._retry_load_after = 0.0  # after a failed load, requests get its error until then
         self._load_error: str | None = None
+        self._placement: Placement | None = None
+        self._optimizations_preview: dict[str, Any] | None = None
 
     def _location(self) -> WeightsLocation:
         return locate_weights(self.spec.kind, self.spec.source, self._settings.model_cache)
 
     def placement(self) -> Placement:
-        return choose_placement(self._settings.device, self._model_settings.dtype or self._settings.dtype)
+        """Chosen once: asking torch about CUDA is not free, and the answer does not change."""
+        if self._placement is None:
+            self._placement = choose_placement(self._settings.device,
+                                               self._model_settings.dtype or self._settings.dtype)
+        return self._placement
 
     def readiness(self) -> Readiness:
         location = self._location()
@@ -172,39 +187,50 @@ class LocalDiffusersBackend:
 
     async def start(self) -> None:
         """Nothing heavy here: weights load on first use, or at start via `preload`."""
-        self._load_lock = asyncio.Lock()
 
     async def preload(self) -> None:
         await self._ensure_loaded()
 
     async def _ensure_loaded(self) -> BatchScheduler:
+        """Load once, shared by every waiting request.
+
+        The load runs as its own task, shielded: a client that disconnects while the weights load cancels
+        only its own wait, never the load (cancelling it would leave the worker thread loading a pipeline
+        nobody keeps, and the next request would load a second copy).
+        """
         if self._scheduler is not None:
             return self._scheduler
-        if self._load_lock is None:
-            self._load_lock = asyncio.Lock()
-        async with self._load_lock:
-            if self._scheduler is not None:
-                return self._scheduler
+        loading = self._loading
+        if loading is None or (loading.done() and time.monotonic() >= self._retry_load_after):
+            loading = self._loading = asyncio.ensure_future(self._load())
+            loading.add_done_callback(_retrieve_exception)
+        return await asyncio.shield(loading)
+
+    async def _load(self) -> BatchScheduler:
+        try:
             runner = self._create_runner()
-            try:
-                await runner.load()
-            except Exception as exc:
-                runner.close()
-                self._load_error = type(exc).__name__
-                logger.exception("could not load model %s", self.spec.id)
-                raise ModelUnavailable(f"Model '{self.spec.id}' failed to load; see the server log.") from exc
-            self._load_error = None
-            self._runner = runner
-            self._scheduler = BatchScheduler(
-                runner,
-                max_batch_images=self._model_settings.max_batch_images,
-                max_wait_s=self._settings.batch_wait_ms / 1000,
-                max_queue_images=self._settings.max_queue_images,
-                name=self.spec.id,
-                on_batch=self.on_batch,
-            )
-            self._scheduler.start()
-            return self._scheduler
+        except ValueError as exc:  # a setting this machine cannot honour, e.g. device = cuda without CUDA
+            raise ModelUnavailable(f"Model '{self.spec.id}' cannot run here: {exc}") from None
+        try:
+            await runner.load()
+        except Exception as exc:
+            runner.close()
+            self._load_error = type(exc).__name__
+            self._retry_load_after = time.monotonic() + LOAD_RETRY_SECONDS
+            logger.exception("could not load model %s", self.spec.id)
+            raise ModelUnavailable(f"Model '{self.spec.id}' failed to load; see the server log.") from exc
+        self._load_error = None
+        self._runner = runner
+        self._scheduler = BatchScheduler(
+            runner,
+            max_batch_images=self._model_settings.max_batch_images,
+            max_wait_s=self._settings.batch_wait_ms / 1000,
+            max_queue_images=self._settings.max_queue_images,
+            name=self.spec.id,
+            on_batch=self.on_batch,
+        )
+        self._scheduler.start()
+        return self._scheduler
 
     def _create_runner(self) -> DeviceRunner:
         """The device owner; `pipelines.simulated` overrides this, and everything else is shared."""
@@ -251,17 +277,28 @@ class LocalDiffusersBackend:
         )
 
     def describe(self) -> dict[str, Any]:
-        placement = self.placement()
+        """Device, dtype and optimizations, for `/v1/models` and `imageserve models`. Never raises."""
+        try:
+            placement = self.placement()
+        except ValueError as exc:
+            return {"device": "unavailable", "dtype": None, "device_error": str(exc),
+                    "max_batch_images": self._model_settings.max_batch_images}
         applied = getattr(self._runner, "optimizations", None)
-        options = OptimizationOptions.from_settings(self._model_settings)
-        optimizations: dict[str, Any] = {"configured": options.summary()}
         if applied is not None:
-            optimizations.update(applied.as_dict())
-        else:  # not loaded yet: what this machine will switch off
-            optimizations.update(state="applied when the model loads",
-                                 switched_off=plan_optimizations(options, placement).switched_off)
+            optimizations = {"configured": self._options_summary(), **applied.as_dict()}
+        else:  # not loaded yet: what this machine will switch off (worked out once)
+            if self._optimizations_preview is None:
+                options = OptimizationOptions.from_settings(self._model_settings)
+                self._optimizations_preview = {
+                    "configured": options.summary(), "state": "applied when the model loads",
+                    "switched_off": plan_optimizations(options, placement).switched_off,
+                }
+            optimizations = self._optimizations_preview
         return {"device": placement.device, "dtype": placement.dtype,
                 "max_batch_images": self._model_settings.max_batch_images, "optimizations": optimizations}
+
+    def _options_summary(self) -> dict[str, Any]:
+        return OptimizationOptions.from_settings(self._model_settings).summary()
 
     async def close(self) -> None:
         if self._scheduler is not None:

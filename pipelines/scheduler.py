@@ -120,6 +120,15 @@ class BatchScheduler:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name=f"scheduler-{self._name}")
 
+    def _restart_if_dead(self) -> None:
+        """The loop should never end; if a bug ever kills it, log why and start a new one, so requests
+        fail or succeed instead of hanging forever."""
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            logger.error("model %s: the scheduler loop died; restarting it", self._name,
+                         exc_info=self._task.exception())
+        self._task = None
+        self.start()
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -139,8 +148,8 @@ class BatchScheduler:
 
     def submit_many(self, key: BatchKey, specs: Sequence[ImageJobSpec], request_id: str = "") -> list[Job]:
         """Queue all images of one request, or none of them if the queue cannot take them all."""
-        if self._task is None:
-            self.start()
+        if self._task is None or self._task.done():
+            self._restart_if_dead()
         if self.queued_images + len(specs) > self._max_queue:
             raise ServerOverloaded(
                 f"Model '{self._name}' is busy: its queue is full. Retry in a few seconds.", retry_after=5
@@ -264,4 +273,7 @@ class BatchScheduler:
         if len(self.stats.batch_sizes) > 1000:
             del self.stats.batch_sizes[:500]
         if self._on_batch is not None:
-            self._on_batch(size, device_s)
+            try:
+                self._on_batch(size, device_s)
+            except Exception:  # an observer (metrics) must never stop the device loop
+                logger.exception("model %s: on_batch callback failed", self._name)

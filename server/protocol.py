@@ -20,7 +20,7 @@ from server.registry import CUSTOM_SIZE_MAX, CUSTOM_SIZE_MIN, CUSTOM_SIZE_MULTIP
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
-_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+_SIZE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
 
 
 class ImageGenerationBody(BaseModel):
@@ -95,6 +95,8 @@ def parse_body(raw: bytes) -> ImageGenerationBody:
         payload = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise InvalidRequest("The request body is nested too deeply.", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {_describe(payload)}.")
     try:

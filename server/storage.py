@@ -8,12 +8,14 @@ generated once and kept in the data dir (mode 0600), so links survive a restart.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,9 @@ from server.errors import ApiError, NotFound
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{8,80}\.(png|jpeg|webp)$")
+_EXPIRES = re.compile(r"^[0-9]{1,12}$")
+PARTIAL_SUFFIX = ".part"
+PARTIAL_GRACE_SECONDS = 3600  # a half-written file this old was left by a crash
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
@@ -37,17 +42,29 @@ class _Gone(ApiError):
     type = "expired"
 
 
-def load_or_create_signing_key(data_dir: Path, configured: str | None) -> bytes:
+def load_or_create_signing_key(data_dir: Path, configured: str | None, file_name: str = "url_signing.key") -> bytes:
+    """The configured secret, else one generated once and kept in the data dir (mode 0600).
+
+    Written to a temporary file and linked into place, so replicas starting together on a shared data
+    dir agree on one key and nobody ever reads a half-written (or empty) one.
+    """
     if configured:
         return configured.encode()
-    path = data_dir / "url_signing.key"
-    if path.exists():
-        return path.read_bytes()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key)
+    path = data_dir / file_name
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=data_dir, prefix=f".{file_name}.")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_bytes(32))
+            os.chmod(temporary, 0o600)
+            with contextlib.suppress(FileExistsError):  # another process won: use its key
+                os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
+    key = path.read_bytes()
+    if len(key) < 16:
+        raise ValueError(f"{path} holds no usable secret; delete it to have a new one generated")
     return key
 
 
@@ -70,24 +87,25 @@ class ImageStore:
     def _signature(self, name: str, expires: int) -> str:
         return hmac.new(self._key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
 
-    def save(self, data: bytes, extension: str, request_id: str) -> str:
-        """Write the image and return its signed absolute URL. Runs off the event loop."""
+    def save(self, data: bytes, extension: str, request_id: str, base_url: str | None = None) -> str:
+        """Write the image and return its signed absolute URL (under `base_url` when given). Off the loop."""
         name = f"{request_id}-{secrets.token_urlsafe(12)}.{extension}"
         expires = int(self.clock()) + self._ttl
         path = self.directory / name
-        temporary = path.with_suffix(".part")
+        temporary = path.with_name(path.name + PARTIAL_SUFFIX)
         temporary.write_bytes(data)
+        # The file's mtime records when the link expires, so the sweep needs no index. It is set before the
+        # file appears under its name, so the sweep never sees a fresh image with a past mtime.
+        os.utime(temporary, (expires, expires))
         os.replace(temporary, path)
-        # The file's mtime records when the link expires, so the sweep needs no index.
-        os.utime(path, (expires, expires))
         query = urlencode({"expires": expires, "sig": self._signature(name, expires)})
-        return f"{self._base_url}/v1/images/files/{name}?{query}"
+        return f"{(base_url or self._base_url).rstrip('/')}/v1/images/files/{name}?{query}"
 
     def open(self, name: str, expires: str | None, signature: str | None) -> tuple[Path, str]:
         """Check a signed link and return the file and its media type, or raise a 4xx."""
         if not _NAME.match(name):
             raise NotFound("No such image.", param="name")
-        if not expires or not signature or not expires.isdigit():
+        if not expires or not signature or not _EXPIRES.match(expires):
             raise _Forbidden("This image link is not signed: `expires` and `sig` are required.")
         expected = self._signature(name, int(expires))
         if not hmac.compare_digest(expected, signature):
@@ -105,8 +123,10 @@ class ImageStore:
         now = self.clock()
         deleted = 0
         for path in self.directory.iterdir():
+            # A file being written carries its expiry already; only one a crash left behind is removed.
+            deadline = now - PARTIAL_GRACE_SECONDS if path.name.endswith(PARTIAL_SUFFIX) else now
             try:
-                if path.is_file() and path.stat().st_mtime < now:
+                if path.is_file() and path.stat().st_mtime < deadline:
                     path.unlink()
                     deleted += 1
             except FileNotFoundError:

@@ -11,6 +11,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.conftest import TEST_KEYS
+from tests.server_harness import running_server
+
 FAST = {"num_inference_steps": 1}
 
 
@@ -22,7 +25,7 @@ def _generate(server, auth, **body) -> dict:
 
 
 @pytest.mark.parametrize("model", ["tiny-flux", "tiny-sd3"])
-@pytest.mark.parametrize("size", ["256x256", "512x256", "256x768", "1024x1024", "432x272"])
+@pytest.mark.parametrize("size", ["256x256", "512x256", "256x768", "1024x1024", "432x272", "2048x256", "256x2048"])
 def test_images_come_out_at_exactly_the_requested_size(server, auth, model: str, size: str) -> None:
     body = _generate(server, auth, model=model, size=size, response_format="b64_json")
     image = Image.open(io.BytesIO(base64.b64decode(body["data"][0]["b64_json"])))
@@ -74,10 +77,9 @@ def test_expired_links_are_refused_and_files_deleted(server, auth) -> None:
         response = httpx.get(url)
         assert response.status_code == 410 and response.json()["error"]["type"] == "expired"
         assert not (store.directory / name).exists()
-        url2 = None
     finally:
         store.clock = real_clock
-    url2 = _generate(server, auth)["data"][0]["url"]
+    url2 = _generate(server, auth)["data"][0]["url"]  # a second image, for the sweep
     name2 = urlsplit(url2).path.rsplit("/", 1)[1]
     store.clock = lambda: time.time() + 3601
     try:
@@ -88,11 +90,25 @@ def test_expired_links_are_refused_and_files_deleted(server, auth) -> None:
 
 
 def test_links_are_valid_for_an_hour_by_default(server, auth) -> None:
-    url = _generate(server, auth)["data"][0]["url"]
-    expires = int(parse_qs(urlsplit(url).query)["expires"][0])
-    assert 3590 <= expires - time.time() <= 3610
+    body = _generate(server, auth)
+    expires = int(parse_qs(urlsplit(body["data"][0]["url"]).query)["expires"][0])
+    assert 3598 <= expires - body["created"] <= 3600  # both stamped by the server during this request
 
 
 def test_health(server) -> None:
     body = httpx.get(server.base_url + "/health").json()
     assert body["status"] == "ok" and "tiny-flux" in body["models_ready"]
+
+
+def test_links_follow_the_address_the_client_used_unless_a_public_url_is_set(server, auth, tmp_path) -> None:
+    payload = {"prompt": "x", "model": "tiny-flux", "size": "256x256", **FAST}
+    via_localhost = server.api_url.replace("127.0.0.1", "localhost")
+    body = httpx.post(via_localhost + "/images/generations", json=payload, headers=auth, timeout=120).json()
+    url = body["data"][0]["url"]
+    assert url.startswith(server.base_url.replace("127.0.0.1", "localhost") + "/v1/images/files/")
+    assert httpx.get(url).status_code == 200
+
+    with running_server(data_dir=tmp_path, model_cache=server.settings.model_cache, api_keys=TEST_KEYS,
+                        public_url="https://images.example.com/base") as public:
+        body = httpx.post(public.api_url + "/images/generations", json=payload, headers=auth, timeout=120).json()
+        assert body["data"][0]["url"].startswith("https://images.example.com/base/v1/images/files/")

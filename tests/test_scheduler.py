@@ -191,3 +191,22 @@ def test_constructor_rejects_nonsense_settings() -> None:
         BatchScheduler(FakeRunner(), max_batch_images=0, max_wait_s=0, max_queue_images=1)
     with pytest.raises(ValueError, match="max_queue_images"):
         BatchScheduler(FakeRunner(), max_batch_images=1, max_wait_s=0, max_queue_images=0)
+
+
+async def test_a_failing_batch_observer_never_stops_the_scheduler() -> None:
+    def broken_observer(images: int, seconds: float) -> None:
+        raise ValueError("metrics bug")
+
+    scheduler = make(FakeRunner(), max_wait_s=0.0, on_batch=broken_observer)
+    assert [r.output for r in await scheduler.generate(KEY, specs("a"))] == ["a@0"]
+    assert [r.output for r in await scheduler.generate(KEY, specs("b"))] == ["b@0"]
+    await scheduler.close()
+
+
+async def test_a_dead_loop_is_restarted_by_the_next_request() -> None:
+    scheduler = make(FakeRunner(), max_wait_s=0.0)
+    await scheduler.generate(KEY, specs("a"))
+    scheduler._task.cancel()  # stands in for a bug that ends the loop
+    await asyncio.sleep(0)
+    assert [r.output for r in await asyncio.wait_for(scheduler.generate(KEY, specs("b")), 10)] == ["b@0"]
+    await scheduler.close()

@@ -55,6 +55,8 @@ REJECTED: list[tuple[str, Any, str | None]] = [
     ("n as a float", {"prompt": "p", "n": 1.5}, "n"),
     ("size garbage", {"prompt": "p", "model": "tiny-flux", "size": "big"}, "size"),
     ("size not multiple of 16", {"prompt": "p", "model": "tiny-flux", "size": "260x256"}, "size"),
+    ("size in non-ASCII digits", {"prompt": "p", "model": "tiny-flux", "size": "\u0661\u0660\u0662\u0664x256"},
+     "size"),
     ("size too small", {"prompt": "p", "model": "tiny-flux", "size": "240x256"}, "size"),
     ("size too large", {"prompt": "p", "model": "tiny-flux", "size": "2064x256"}, "size"),
     ("unlisted size on a fixed-size model", {"prompt": "p", "model": "dall-e-3", "size": "512x512"}, "size"),
@@ -115,7 +117,8 @@ def test_rejected_with_400_naming_the_parameter(server, auth, case: str, body: A
 @pytest.mark.parametrize(
     ("raw", "content_type"),
     [(b"{not json", "application/json"), (b"[1, 2]", "application/json"), (b'"a prompt"', "application/json"),
-     (b"", "application/json"), (b"\xff\xfe", "application/json"), (b"prompt=a", "application/x-www-form-urlencoded")],
+     (b"", "application/json"), (b"\xff\xfe", "application/json"), (b"prompt=a", "application/x-www-form-urlencoded"),
+     (b"[" * 100_000, "application/json"), (b'{"prompt": ' + b"[" * 50_000, "application/json")],
 )
 def test_malformed_bodies_get_400_in_the_error_shape(server, auth, raw: bytes, content_type: str) -> None:
     response = httpx.post(server.api_url + "/images/generations", content=raw,
