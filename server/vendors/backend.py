@@ -98,10 +98,11 @@ class VendorBackend:
         """Return the images, each with its real (width, height), plus extra result details."""
         raise NotImplementedError
 
-    def image(
+    async def image(
         self, vendor: Vendor, data: bytes, *, seed: int | None = None, revised_prompt: str | None = None
     ) -> tuple[GeneratedImage, tuple[int, int]]:
-        info = inspect_image(data, vendor)
+        """The vendor's bytes as our image, once they are known to decode (in a thread: it is CPU work)."""
+        info = await asyncio.to_thread(inspect_image, data, vendor)
         return (
             GeneratedImage(data=data, mime_type=info.mime_type, seed=seed, revised_prompt=revised_prompt),
             (info.width, info.height),

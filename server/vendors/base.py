@@ -2,10 +2,13 @@
 one mapping from vendor answers to our errors.
 
 Error policy (the same for all vendors, so it lives here once):
-- 401/403: our key is wrong or lacks access -> 502 `upstream_error` naming the provider and the setting.
+- 401/403 on an API call: our key is wrong or lacks access -> 502 `upstream_error` naming the provider and
+  the setting. On an image link (no key is sent there) it is an expired or unsigned link instead.
 - 429: the vendor is rate limiting us -> our 429 with the vendor's Retry-After (or a configured default).
 - 5xx, 408, connection errors, timeouts: retried `max_retries` times with exponential backoff, then 502.
 - Anything else the adapter did not classify (content policy and the like): 502 without the vendor body.
+- Image bytes that do not fully decode (a truncated or corrupt file): 502 `upstream_bad_response`.
+- Every provider slot busy for `queue_timeout_seconds`: our 503 `server_overloaded`, never an endless wait.
 Vendor bodies never reach our messages: they can echo keys ("Incorrect API key provided: sk-...").
 """
 
@@ -17,6 +20,7 @@ import binascii
 import email.utils
 import io
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -27,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from server.errors import ApiError, RateLimitExceeded, UpstreamError
+from server.errors import ApiError, RateLimitExceeded, ServerOverloaded, UpstreamError
 from server.settings import ProviderSettings, provider_env_name
 
 logger = logging.getLogger(__name__)
@@ -137,9 +141,33 @@ class Vendor:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the provider's `max_concurrency` upstream slots."""
-        async with self._limiter:
+        """Hold one of the provider's `max_concurrency` upstream slots, waiting at most `queue_timeout_seconds`.
+
+        A request that cannot get a slot in time is refused with a 503 rather than queued without end
+        (holding its quota reservation, and with no vendor-side timeout running yet).
+        """
+        timeout = self.settings.queue_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                await self._limiter.acquire()
+        except TimeoutError:
+            logger.warning(
+                "all %d %s slots stayed busy for %gs; request refused",
+                self.settings.max_concurrency,
+                self.name,
+                timeout,
+            )
+            raise ServerOverloaded(
+                f"Too many requests are waiting for {self.name}: all {self.settings.max_concurrency} upstream "
+                f"slots stayed busy for {timeout:g}s. Try again later.",
+                # The provider's "come back later" hint, as for a vendor 429 without Retry-After.
+                retry_after=max(1, math.ceil(self.settings.rate_limit_retry_after_seconds)),
+                code="upstream_queue_full",
+            ) from None
+        try:
             yield
+        finally:
+            self._limiter.release()
 
     # --- retries ----
 
@@ -216,6 +244,13 @@ class Vendor:
             code="upstream_auth_failed",
         )
 
+    def link_refused(self, status: int) -> UpstreamError:
+        """A 401/403 from an image link: no key was sent there, so the link itself was refused."""
+        return UpstreamError(
+            f"The image link from {self.name} was refused (HTTP {status}); it has expired or is not signed.",
+            code="upstream_bad_response",
+        )
+
     def malformed(self, what: str) -> UpstreamError:
         return UpstreamError(
             f"{self.name} sent a malformed answer to the {what}.", code="upstream_bad_response"
@@ -263,12 +298,28 @@ class Vendor:
         if urlsplit(url).scheme not in ("http", "https"):
             raise self.malformed(what)
 
+        def refused_link(reply: UpstreamReply, vendor: Vendor) -> ApiError | None:
+            return vendor.link_refused(reply.status) if reply.status in (401, 403) else None
+
         async def attempt() -> bytes:
             response = await self._send("GET", url, headers=None, json=None)
-            self.raise_for_reply(UpstreamReply(response.status_code, response.headers), what)
+            self.raise_for_reply(UpstreamReply(response.status_code, response.headers), what, refused_link)
             return response.content
 
         return await self.retrying(what, attempt)
+
+
+@dataclass(eq=False)
+class _PoolEntry:
+    """One pooled `Vendor` and how many started backends use it.
+
+    The entry holds the settings (through the vendor) and the loop, so neither can be collected and its
+    `id()` reused by another object while the entry is keyed by it.
+    """
+
+    vendor: Vendor
+    loop: asyncio.AbstractEventLoop
+    users: int = 0
 
 
 class VendorPool:
@@ -280,23 +331,22 @@ class VendorPool:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[str, int, int], list[Any]] = {}
+        self._entries: dict[tuple[str, int, int], _PoolEntry] = {}
 
     def acquire(self, provider: str, settings: ProviderSettings) -> Vendor:
         loop = asyncio.get_running_loop()
         key = (provider, id(settings), id(loop))
         entry = self._entries.get(key)
-        if entry is None or entry[0].settings is not settings:
-            entry = [Vendor(provider, settings), 0, loop]
-            self._entries[key] = entry
-        entry[1] += 1
-        return entry[0]
+        if entry is None:
+            entry = self._entries[key] = _PoolEntry(Vendor(provider, settings), loop)
+        entry.users += 1
+        return entry.vendor
 
     async def release(self, vendor: Vendor) -> None:
         for key, entry in list(self._entries.items()):
-            if entry[0] is vendor:
-                entry[1] -= 1
-                if entry[1] <= 0:
+            if entry.vendor is vendor:
+                entry.users -= 1
+                if entry.users <= 0:
                     del self._entries[key]
                     await vendor.aclose()
                 return
@@ -316,14 +366,21 @@ class ImageInfo:
 
 
 def inspect_image(data: bytes, vendor: Vendor, what: str = "image") -> ImageInfo:
-    """Read format and size from the image header, so the size we report is the one produced."""
-    from PIL import Image, UnidentifiedImageError
+    """Decode the whole image and report its format and real size, or raise the vendor's malformed error.
+
+    The header alone is not enough: a truncated or corrupt file has a valid header, and would then fail
+    in transcoding (a 500) or reach the client broken. Decoding is CPU work of tens of milliseconds for a
+    large image, so async callers run this in a thread (`VendorBackend.image` does).
+    """
+    from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as image:
+            image.load()
             width, height = image.size
             mime = Image.MIME.get(image.format or "", "application/octet-stream")
-    except (UnidentifiedImageError, OSError, ValueError):
+    except Exception:  # Pillow reports bad input as OSError, SyntaxError, ValueError, EOFError, ...
+        logger.info("%s sent an %s that does not decode", vendor.name, what)
         raise vendor.malformed(what) from None
     return ImageInfo(mime, width, height)
 

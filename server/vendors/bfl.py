@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from pipelines.types import GeneratedImage, GenerationRequest
 from server.errors import ContentPolicyViolation, UpstreamError
+from server.protocol import MAX_SEED
 from server.settings import BFLProviderSettings
 from server.vendors.backend import VendorBackend, run_all
 from server.vendors.base import Vendor
@@ -28,7 +29,6 @@ logger = logging.getLogger(__name__)
 PENDING = frozenset({"Pending", "Processing", "Queued"})
 MODERATED = frozenset({"Request Moderated", "Content Moderated"})
 FAILED = frozenset({"Error", "Failed", "Task not found"})
-MAX_SEED = 2**32 - 1
 
 
 def polling_url_allowed(polling_url: str, base_url: str) -> bool:
@@ -55,6 +55,8 @@ class BFLBackend(VendorBackend):
         width, height = fit_to_grid(
             request.width, request.height, lo=BFL_MIN, hi=BFL_MAX, multiple=BFL_MULTIPLE
         )
+        # No BFL-specific seed bound is assumed: the seeds of the n tasks count up from the one given and
+        # wrap within the range our API accepts (`server.protocol.MAX_SEED`).
         seeds = [
             None if request.seed is None else (request.seed + i) % (MAX_SEED + 1) for i in range(request.n)
         ]
@@ -102,7 +104,7 @@ class BFLBackend(VendorBackend):
                 raise vendor.malformed("task result")
             data = await vendor.download(sample)
         result_seed = result.get("seed")
-        return self.image(vendor, data, seed=result_seed if isinstance(result_seed, int) else seed)
+        return await self.image(vendor, data, seed=result_seed if isinstance(result_seed, int) else seed)
 
     async def _poll(self, vendor: Vendor, polling_url: str, headers: dict[str, str], request_id: str) -> Any:
         config = self.config

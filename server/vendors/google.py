@@ -117,7 +117,7 @@ class GoogleBackend(VendorBackend):
             data = decode_b64(prediction["bytesBase64Encoded"], vendor, what)
             prompt = prediction.get("prompt")  # an enhanced prompt, where the model rewrote it
             images.append(
-                self.image(vendor, data, revised_prompt=prompt if isinstance(prompt, str) else None)
+                await self.image(vendor, data, revised_prompt=prompt if isinstance(prompt, str) else None)
             )
         if not images:
             logger.info("request %s: Google filtered every image", request.request_id)
@@ -163,7 +163,7 @@ class GoogleBackend(VendorBackend):
         for part in parts if isinstance(parts, list) else []:
             inline = part.get("inlineData") if isinstance(part, dict) else None
             if isinstance(inline, dict):
-                images.append(self.image(vendor, decode_b64(inline.get("data"), vendor, what)))
+                images.append(await self.image(vendor, decode_b64(inline.get("data"), vendor, what)))
         if not images:
             if candidate.get("finishReason") in SAFETY_REASONS:
                 return []

@@ -21,7 +21,8 @@ from server.vendors.sizes import IDEOGRAM_RESOLUTIONS, ideogram_resolution, near
 
 logger = logging.getLogger(__name__)
 
-MAX_SEED = 2147483647
+# Ideogram's own bound (a signed 32-bit int), narrower than the range our API accepts: larger seeds wrap.
+IDEOGRAM_MAX_SEED = 2**31 - 1
 
 
 def _classify(reply: UpstreamReply, vendor: Vendor) -> ApiError | None:
@@ -49,7 +50,7 @@ class IdeogramBackend(VendorBackend):
         if request.negative_prompt:
             image_request["negative_prompt"] = request.negative_prompt
         if request.seed is not None:
-            image_request["seed"] = request.seed % (MAX_SEED + 1)
+            image_request["seed"] = request.seed % (IDEOGRAM_MAX_SEED + 1)
         return {"image_request": image_request}
 
     async def _generate(self, vendor: Vendor, request: GenerationRequest):
@@ -80,7 +81,7 @@ class IdeogramBackend(VendorBackend):
                 data = await vendor.download(url)
                 seed, prompt = item.get("seed"), item.get("prompt")
                 images.append(
-                    self.image(
+                    await self.image(
                         vendor,
                         data,
                         seed=seed if isinstance(seed, int) else None,

@@ -141,6 +141,6 @@ class OpenAIImagesBackend(VendorBackend):
                     raise vendor.malformed(what)
                 revised = getattr(item, "revised_prompt", None)
                 images.append(
-                    self.image(vendor, data, revised_prompt=revised if isinstance(revised, str) else None)
+                    await self.image(vendor, data, revised_prompt=revised if isinstance(revised, str) else None)
                 )
         return images, {"upstream_quality": params.get("quality")}

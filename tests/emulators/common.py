@@ -46,7 +46,14 @@ class Malformed:
     body: str = "<html>upstream proxy error</html>"
 
 
-Behaviour = Fail | Hang | Malformed
+@dataclass(frozen=True)
+class Truncated:
+    """A hosted image cut short: its header still reads, its pixels do not decode (the `file` route only)."""
+
+    keep: float = 0.5  # the fraction of the bytes that is sent
+
+
+Behaviour = Fail | Hang | Malformed | Truncated
 
 
 @lru_cache(maxsize=64)
@@ -63,6 +70,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: Any
+    behaviour: Behaviour | None = None  # the scripted behaviour this request met, if any
 
 
 @dataclass
@@ -84,6 +92,8 @@ class EmulatorBase:
     # --- scripting ----
 
     def script(self, route: str, *behaviours: Behaviour) -> None:
+        if route != "file" and any(isinstance(b, Truncated) for b in behaviours):
+            raise ValueError("Truncated applies to hosted files (the 'file' route) only")
         self._scripts[route].extend(behaviours)
 
     def reset(self) -> None:
@@ -104,7 +114,9 @@ class EmulatorBase:
         self.requests.append(rec)
         queue = self._scripts.get(route)
         if queue:
-            behaviour = queue.popleft()
+            behaviour = rec.behaviour = queue.popleft()
+            if isinstance(behaviour, Truncated):
+                return rec, None  # the handler answers normally, then cuts its answer short
             if isinstance(behaviour, Hang):
                 deadline = time.monotonic() + min(behaviour.seconds, MAX_HANG_SECONDS)
                 while time.monotonic() < deadline and not await request.is_disconnected():
@@ -131,12 +143,14 @@ class EmulatorBase:
         return f"{self.base_url}/files/{name}"
 
     async def _file(self, request: Request) -> Response:
-        _, scripted = await self.record("file", request)
+        rec, scripted = await self.record("file", request)
         if scripted is not None:
             return scripted
         data = self._files.get(request.path_params["name"])
         if data is None:
             return Response("not found", status_code=404)
+        if isinstance(rec.behaviour, Truncated):
+            data = data[: int(len(data) * rec.behaviour.keep)]
         return Response(data, media_type="image/png")
 
     def app(self) -> Starlette:

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from server.errors import ContentPolicyViolation, RateLimitExceeded, UpstreamError
+from server.errors import ContentPolicyViolation, RateLimitExceeded, ServerOverloaded, UpstreamError
 from server.vendors.bfl import polling_url_allowed
-from tests.emulators.common import Fail, Hang, Malformed
+from tests.emulators.common import Fail, Hang, Malformed, Truncated
 from tests.vendors.conftest import KEYS, assert_no_secret, make_settings, request
 
 KEY = KEYS["bfl"]
@@ -181,3 +181,53 @@ async def test_concurrency_limit_is_shared_by_the_provider(bfl_emu, backends):
         active += 1 if route == "submit" else -1
         peak = max(peak, active)
     assert peak <= 2
+
+
+async def test_truncated_sample_is_a_bad_response_not_an_image(bfl_emu, backends):
+    """The PNG header reads fine; the pixels do not. That is the vendor's fault: a 502, not a 500 later."""
+    bfl_emu.script("file", Truncated())
+    backend = await backends("flux-pro", make_settings("bfl", bfl_emu.base_url))
+    with pytest.raises(UpstreamError, match="malformed") as caught:
+        await backend.generate(request("flux-pro"))
+    assert caught.value.status == 502 and caught.value.code == "upstream_bad_response"
+    assert len(bfl_emu.calls("file")) == 1
+    assert len((await backend.generate(request("flux-pro"))).images) == 1  # the next sample is whole
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_refused_sample_link_does_not_blame_the_api_key(bfl_emu, backends, status):
+    bfl_emu.script("file", Fail(status))
+    backend = await backends("flux-pro", make_settings("bfl", bfl_emu.base_url))
+    with pytest.raises(UpstreamError) as caught:
+        await backend.generate(request("flux-pro"))
+    message = caught.value.message
+    assert caught.value.status == 502 and caught.value.code == "upstream_bad_response"
+    assert "image link from Black Forest Labs was refused" in message and f"HTTP {status}" in message
+    assert "API key" not in message and "IMAGESERVE_BFL_API_KEY" not in message  # no key goes to that link
+    assert len(bfl_emu.calls("file")) == 1  # not retried
+    assert_no_secret(caught.value, KEY)
+
+
+async def test_waiting_for_a_busy_provider_slot_is_bounded(bfl_emu, backends):
+    bfl_emu.pending_polls = 10**9  # the first task holds the only slot until released below
+    settings = make_settings(
+        "bfl", bfl_emu.base_url, max_concurrency=1, queue_timeout_seconds=0.2, poll_interval_seconds=0.02
+    )
+    backend = await backends("flux-pro", settings)
+    holder = asyncio.create_task(backend.generate(request("flux-pro")))
+    try:
+        while not bfl_emu.calls("poll"):
+            await asyncio.sleep(0.01)
+        with pytest.raises(ServerOverloaded) as caught:
+            # The deadline only turns a regression (an endless wait) into a failure; it measures nothing.
+            await asyncio.wait_for(backend.generate(request("flux-pro")), timeout=30)
+        error = caught.value
+        assert error.status == 503 and error.type == "server_overloaded"
+        assert "Black Forest Labs" in error.message and "0.2s" in error.message
+        assert error.headers["Retry-After"] == "7"  # FAST's rate_limit_retry_after_seconds
+        assert len(bfl_emu.calls("submit")) == 1  # the refused request never reached the vendor
+    finally:
+        bfl_emu.pending_polls = 0
+    assert len((await holder).images) == 1
+    # The refused waiter left no slot behind: the one slot serves the next request.
+    assert len((await backend.generate(request("flux-pro"))).images) == 1

@@ -8,12 +8,12 @@ import time
 import pytest
 
 from server.backends import build_backend
-from server.errors import ModelUnavailable
+from server.errors import ModelUnavailable, UpstreamError
 from server.registry import ModelRegistry
 from server.settings import Settings, load_settings
 from server.vendors import VENDOR_BACKENDS
 from server.vendors.backend import POOL
-from server.vendors.base import parse_retry_after
+from server.vendors.base import Vendor, inspect_image, parse_retry_after
 from server.vendors.sizes import (
     DALL_E_3_SIZES,
     GPT_IMAGE_SIZES,
@@ -23,6 +23,7 @@ from server.vendors.sizes import (
     nearest_aspect_ratio,
     nearest_size,
 )
+from tests.emulators.common import png
 
 MODELS = {
     "dall-e-3": "OPENAI",
@@ -108,3 +109,20 @@ async def test_pool_shares_and_closes_the_client():
     assert not vendor.http.is_closed
     await second.close()
     assert vendor.http.is_closed and len(POOL) == before
+
+
+async def test_inspect_image_decodes_the_whole_image():
+    """Base64 answers (OpenAI, Google) skip the download, so the check lives in `inspect_image` itself."""
+    settings = Settings(providers={"google": {"api_key": "k"}})
+    vendor = Vendor("google", settings.providers.google)
+    try:
+        whole = png(64, 48)
+        info = inspect_image(whole, vendor)
+        assert (info.mime_type, info.width, info.height) == ("image/png", 64, 48)
+        for broken in (whole[: len(whole) // 2], whole[:40], b"not an image"):
+            with pytest.raises(UpstreamError) as caught:
+                inspect_image(broken, vendor)
+            assert caught.value.status == 502 and caught.value.code == "upstream_bad_response"
+            assert "Google sent a malformed answer" in caught.value.message
+    finally:
+        await vendor.aclose()

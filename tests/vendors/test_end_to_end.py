@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import TEST_KEY, TEST_KEYS
-from tests.emulators.common import EmulatorBase, Fail
+from tests.emulators.common import EmulatorBase, Fail, Truncated
 from tests.server_harness import RunningServer, running_server
 from tests.vendors.conftest import KEYS
 
@@ -409,6 +409,23 @@ def test_model_without_a_provider_key_is_a_503_naming_the_env_var(tmp_path_facto
     assert not (emus["bfl"].requests or emus["ideogram"].requests or emus["google"].requests)
 
 
+TRUNCATED_CASES = [("flux-pro", "png"), ("flux-pro", "jpeg"), ("ideogram-2", "png"), ("dall-e-2", "png")]
+
+
+@pytest.mark.parametrize(("model", "output_format"), TRUNCATED_CASES, ids=[f"{m}-{f}" for m, f in TRUNCATED_CASES])
+def test_truncated_vendor_image_is_a_502_not_a_500_or_a_broken_file(vendor_server, emus, model, output_format):
+    """png: no transcoding, so the broken bytes would reach the client; jpeg: transcoding would fail (500)."""
+    provider, _ = UPSTREAM[model]
+    emus[provider].script("file", Truncated())
+    response = generate(vendor_server, model=model, prompt="a red fox", output_format=output_format)
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["type"] == "upstream_error" and error["code"] == "upstream_bad_response"
+    assert PROVIDER_NAME[provider] in error["message"]
+    assert len(emus[provider].calls("file")) == 1
+    assert_healthy(vendor_server, model)
+
+
 # --- 4. a client that goes away cancels the upstream polling -------------------------------------------
 
 
@@ -561,3 +578,39 @@ def test_a_retired_model_remapped_to_gpt_image_reports_what_really_made_it(tmp_p
         sent = next(r.body for r in emus["openai"].requests if r.method == "POST")
         assert sent["model"] == "gpt-image-2" and sent["quality"] == "high"
         assert "response_format" not in sent and "style" not in sent
+
+
+# --- waiting for a busy provider is bounded ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(tmp_path_factory, emulators) -> Iterator[RunningServer]:
+    """BFL allows one task in flight, and a request waits at most half a second for it."""
+    providers = _providers(
+        emulators,
+        KEYS,
+        bfl={"max_concurrency": 1, "queue_timeout_seconds": 0.5, "poll_interval_seconds": 0.05},
+    )
+    with _serve(tmp_path_factory, providers) as running:
+        yield running
+
+
+async def test_a_request_that_cannot_get_a_vendor_slot_is_a_503(one_slot_server, emus):
+    bfl = emus["bfl"]
+    bfl.pending_polls = 10**9  # the first task holds the only slot until released below
+    url = one_slot_server.api_url + "/images/generations"
+    async with httpx.AsyncClient(headers=AUTH, timeout=30) as http:  # an endless wait fails, not hangs
+        holder = asyncio.ensure_future(http.post(url, json={"model": "flux-pro", "prompt": "a slow fox"}))
+        try:
+            await _wait_until(lambda: bool(bfl.calls("poll")), "the first task to be polled")
+            refused = await http.post(url, json={"model": "flux-pro", "prompt": "a second fox"})
+            assert refused.status_code == 503, refused.text
+            error = refused.json()["error"]
+            assert error["type"] == "server_overloaded" and "Black Forest Labs" in error["message"]
+            assert refused.headers["retry-after"] == "7"  # rate_limit_retry_after_seconds in FAILURE_TUNING
+            assert len(bfl.calls("submit")) == 1  # the refused request never reached the vendor
+        finally:
+            bfl.pending_polls = 0
+        first = await holder
+    assert first.status_code == 200, first.text
+    await asyncio.to_thread(assert_healthy, one_slot_server, "flux-pro")
