@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.types import ImageBackend
 from server import __version__
-from server.auth import Principal, parse_api_keys
+from server.auth import Principal
 from server.backends import build_backend
 from server.db import Database
 from server.errors import ApiError, InvalidRequest
@@ -63,6 +63,9 @@ async def run_unless_disconnected(request: Request, work: Any) -> Any:
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the handler itself is cancelled (shutdown): take the work with it
+        task.cancel()
+        raise
     finally:
         watcher.cancel()
     if not task.done():
@@ -77,12 +80,17 @@ class ClientDisconnected(Exception):
     pass
 
 
+class ClientClosedRequest(ApiError):
+    """Nobody reads it (the client is gone), but the access log and metrics see a 499, as in nginx."""
+
+    status = 499
+    type = "client_closed_request"
+
+
 def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
     registry = build_registry(settings)
     database = Database.from_settings(settings)  # keys, quotas, ledger: SQLite in data_dir by default
-    authenticator = KeyAuthenticator(KeyStore(database), parse_api_keys(settings.api_keys.get_secret_value()),
-                                     allow_open=settings.listens_on_loopback_only(),
-                                     failures_per_minute=settings.auth_failures_per_minute)
+    authenticator = KeyAuthenticator.from_settings(settings, KeyStore(database))
     ledger = UsageLedger(database, settings.tiers)
     if usage is None:
         usage = ledger
@@ -99,7 +107,7 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(authenticator.prepare)  # creates and migrates the database
-        await asyncio.to_thread(ledger.release_stale)
+        await asyncio.to_thread(ledger.release_stale, settings.stale_reservation_seconds)
         for backend in backends.values():
             await backend.start()
         for model_id in settings.preload:
@@ -113,10 +121,12 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
             except ApiError as exc:
                 logger.error("preload of %s failed: %s", model_id, exc.message)
         sweeper = asyncio.create_task(_sweep_expired(store, settings.cleanup_interval_seconds))
+        releaser = asyncio.create_task(ledger.release_stale_forever(settings.stale_reservation_seconds))
         try:
             yield
         finally:
             sweeper.cancel()
+            releaser.cancel()
             for backend in backends.values():
                 await backend.close()
             await asyncio.to_thread(database.dispose)
@@ -168,11 +178,14 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
         principal = await authenticate(request)
         body = parse_body(await request.body())
         try:
-            payload = await run_unless_disconnected(request, service.generate(body, principal, request_id))
+            # Image links use IMAGESERVE_PUBLIC_URL, else the address this client reached us at: a server
+            # listening on 0.0.0.0 (e.g. in Docker) must not hand out links to 127.0.0.1.
+            link_base = settings.public_url or str(request.base_url)
+            work = service.generate(body, principal, request_id, link_base)
+            payload = await run_unless_disconnected(request, work)
         except ClientDisconnected:
             logger.info("%s: client disconnected; its work was cancelled", request_id)
-            return JSONResponse({"error": {"type": "client_closed", "message": "client disconnected"}},
-                                status_code=499)
+            raise ClientClosedRequest("The client closed the connection; its work was cancelled.") from None
         return JSONResponse(payload, headers={REQUEST_ID_HEADER: request_id})
 
     @app.get("/v1/models")

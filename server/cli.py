@@ -29,7 +29,7 @@ def check_exposure(settings: Settings) -> str | None:
     from server.db import Database
     from server.keys import KeyStore
 
-    if parse_api_keys(settings.api_keys.get_secret_value()):
+    if parse_api_keys(settings.api_keys.get_secret_value(), settings.tiers):
         return None
     database = Database.from_settings(settings)
     try:

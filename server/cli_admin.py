@@ -125,18 +125,26 @@ def cmd_usage(args: argparse.Namespace, settings: Settings, database: Database) 
     except InvalidRequest as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
-    rows: list[list[Any]] = [["KEY", "TIER", "MODEL", "REQUESTS", "IMAGES", "COST USD"]]
+    print(f"usage from {start.isoformat()} to {end.isoformat()} (UTC days, inclusive)")
+    groupings = ("model", "day") if args.by == "both" else (args.by,)
+    for index, by in enumerate(groupings):
+        if index:
+            print()
+        print_table(_usage_rows(ledger.report_all(start, end, by=by), by))
+    return 0
+
+
+def _usage_rows(report: list[dict[str, Any]], by: str) -> list[list[Any]]:
+    """One table: a row per (key, model) or (key, day), then the total."""
+    rows: list[list[Any]] = [["KEY", "TIER", by.upper(), "REQUESTS", "IMAGES", "COST USD"]]
     total_images, total_cost, total_requests = 0, 0.0, 0
-    for row in ledger.report_all(start, end):
-        rows.append([row["name"], row["tier"], row["model"], row["requests"], row["images"],
-                     f"{row['cost_usd']:.4f}"])
+    for row in report:
+        rows.append([row["name"], row["tier"], row[by], row["requests"], row["images"], f"{row['cost_usd']:.4f}"])
         total_images += row["images"]
         total_cost += row["cost_usd"]
         total_requests += row["requests"]
     rows.append(["TOTAL", "", "", total_requests, total_images, f"{total_cost:.4f}"])
-    print(f"usage from {start.isoformat()} to {end.isoformat()} (UTC days, inclusive)")
-    print_table(rows)
-    return 0
+    return rows
 
 
 def _nonnegative(raw: str) -> int:
@@ -167,9 +175,11 @@ def add_admin_commands(commands: Any) -> None:
     revoke.add_argument("name")
     revoke.set_defaults(handler=cmd_keys_revoke)
 
-    usage = commands.add_parser("usage", help="images and cost per key and model over a date range")
+    usage = commands.add_parser("usage", help="images and cost per key, per model and per day, over a date range")
     usage.add_argument("--start", default=None, help="first UTC day, YYYY-MM-DD (default: 29 days before end)")
     usage.add_argument("--end", default=None, help="last UTC day, YYYY-MM-DD (default: today)")
+    usage.add_argument("--by", choices=("model", "day", "both"), default="both",
+                       help="totals per key and model, per key and day, or both tables (default)")
     usage.set_defaults(handler=cmd_usage)
 
     for parser in (keys, create, listing, revoke, usage):

@@ -2,10 +2,12 @@
 
 Everything goes through SQLAlchemy Core on a sync engine; callers run it in worker threads
 (`asyncio.to_thread`) so the event loop never waits on the database. Admission must be exact across
-threads, processes and replicas, so write transactions lock: on SQLite every transaction starts with
-`BEGIN IMMEDIATE` (the database write lock, taken up front rather than on the first write, so two
+threads, processes and replicas, so write transactions lock: on SQLite `Database.transaction` starts
+with `BEGIN IMMEDIATE` (the database write lock, taken up front rather than on the first write, so two
 admissions cannot both read the old count); on PostgreSQL the quota code locks the key's row with
-`SELECT ... FOR UPDATE`, which serialises admissions per key across replicas.
+`SELECT ... FOR UPDATE`, which serialises admissions per key across replicas. Read-only work (key
+lookups, reports) uses `Database.read`: a plain deferred transaction, which on SQLite in WAL mode reads
+a snapshot without the write lock, so it neither waits behind admissions nor holds them up.
 
 The schema is created and migrated when the engine is first used: `schema_migrations` holds the applied
 versions, and each migration runs once, in a transaction, under a lock (PostgreSQL: an advisory lock),
@@ -65,9 +67,9 @@ schema_migrations = Table(
 api_keys = Table(
     "api_keys",
     metadata,
-    Column("key_id", String(40), primary_key=True),  # server.auth.key_fingerprint of the key
+    Column("key_id", String(40), primary_key=True),  # server.auth.key_fingerprint (env keys: peppered)
     Column("name", String(128), nullable=False, unique=True),
-    Column("key_hash", String(64), nullable=True, unique=True),  # SHA-256 hex of the key, never the key
+    Column("key_hash", String(64), nullable=True, unique=True),  # server.auth.key_digest, never the key
     Column("source", String(16), nullable=False),
     Column("tier", String(64), nullable=False),
     Column("images_per_minute", Integer, nullable=True),  # the key's own limits; NULL: the tier's; 0: none
@@ -128,11 +130,14 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def _sqlite_engine(url: str) -> Engine:
+_READ_ONLY = "imageserve_read_only"  # execution option set by `Database.read`
+
+
+def _sqlite_engine(url: str, lock_timeout: float) -> Engine:
     path = make_url(url).database
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(url, connect_args={"timeout": lock_timeout, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -144,7 +149,7 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -167,8 +172,9 @@ def _migrate(engine: Engine) -> None:
 class Database:
     """A lazily created, migrated engine. Thread-safe; one per process and URL is plenty."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, lock_timeout: float = 30.0) -> None:
         self.url = normalise_url(url)
+        self.lock_timeout = lock_timeout  # SQLite: how long to wait for the write lock before failing
         self._engine: Engine | None = None
         self._lock = threading.Lock()
 
@@ -187,7 +193,7 @@ class Database:
             with self._lock:
                 if self._engine is None:
                     if self.url.startswith("sqlite"):
-                        engine = _sqlite_engine(self.url)
+                        engine = _sqlite_engine(self.url, self.lock_timeout)
                     else:
                         engine = create_engine(self.url, pool_pre_ping=True, pool_size=8, max_overflow=16)
                     try:
@@ -200,9 +206,17 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """One transaction, committed on success. On SQLite it holds the write lock from the start."""
+        """One write transaction, committed on success. On SQLite it holds the write lock from the start."""
         with self.engine().begin() as conn:
             yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """One read-only transaction: a consistent snapshot, and on SQLite no write lock."""
+        with self.engine().connect() as conn:
+            conn.execution_options(**{_READ_ONLY: True})
+            with conn.begin():
+                yield conn
 
     def dispose(self) -> None:
         with self._lock:

@@ -4,44 +4,60 @@ A key is `isk_` plus 256 random bits; only its SHA-256 is stored, so a stolen da
 (and with that much entropy a plain hash is enough: there is nothing to brute-force offline). A key is
 shown once, by `imageserve keys create`. Keys from `IMAGESERVE_API_KEYS` keep working: they
 authenticate from the environment and get a row (named by their fingerprint) for usage and limits.
+Operator-chosen keys may be weak, so their fingerprint and stored hash are HMACs under the key pepper
+(`load_key_pepper`; see `server.auth`).
 
 The server is open (every request is anonymous) only when there is no key at all, neither in the
 environment nor active in the database, and only on loopback: `server.cli.check_exposure` refuses to
 start otherwise, and `KeyAuthenticator` refuses requests if the last key is revoked while listening
 elsewhere.
+
+Checking a key only reads the database (a deferred transaction on SQLite): a wrong key never takes the
+write lock, never waits behind admissions, and never writes; `last_used_at` is written by admission.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 
-from server.auth import ANONYMOUS, Authenticator, Principal, key_fingerprint
-from server.db import Database, api_keys, insert_ignore
+from server.auth import ANONYMOUS, EnvKeys, Principal, bearer_token, key_digest, key_fingerprint, parse_api_keys
+from server.db import Database, api_keys, insert_ignore, usage_ledger
 from server.errors import AuthenticationError
 from server.quotas import FailureLimiter
+from server.storage import load_or_create_signing_key
+
+if TYPE_CHECKING:
+    from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "isk_"
+KEY_PEPPER_FILENAME = "key_pepper.key"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    """What is stored for a generated key: its plain SHA-256 (256 random bits need no pepper)."""
+    return key_digest(key, None)
 
 
 def generate_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def load_key_pepper(settings: Settings) -> bytes:
+    """`IMAGESERVE_KEY_PEPPER`, else a random pepper made once and kept in the data dir (mode 0600)."""
+    configured = settings.key_pepper.get_secret_value() if settings.key_pepper else None
+    return load_or_create_signing_key(settings.data_dir, configured, KEY_PEPPER_FILENAME)
 
 
 @dataclass(frozen=True)
@@ -86,7 +102,7 @@ class KeyStore:
                images_per_day: int | None = None) -> tuple[str, KeyRecord]:
         """Make a key; returns (the key, shown once, its record)."""
         key = generate_key()
-        key_id = key_fingerprint(key)
+        key_id = key_fingerprint(key, None)
         name = name or f"key-{key_id.removeprefix('key_')[:8]}"
         if not _NAME.match(name) or name.startswith("key_"):
             raise ValueError(f"invalid key name {name!r}: use letters, digits, '.', '_', '-' (up to 64), "
@@ -105,7 +121,7 @@ class KeyStore:
         return key, KeyRecord.from_row(row)
 
     def list(self) -> list[KeyRecord]:
-        with self.db.transaction() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(select(*_RECORD_COLUMNS).order_by(api_keys.c.created_at)).all()
         return [KeyRecord.from_row(row) for row in rows]
 
@@ -125,79 +141,106 @@ class KeyStore:
         return record
 
     def find(self, key: str) -> KeyRecord | None:
-        """The database key with this secret, revoked or not."""
-        with self.db.transaction() as conn:
+        """The database key with this secret, revoked or not. Read-only."""
+        with self.db.read() as conn:
             row = conn.execute(select(*_RECORD_COLUMNS).where(
                 api_keys.c.key_hash == hash_key(key), api_keys.c.source == "db")).one_or_none()
         return None if row is None else KeyRecord.from_row(row)
 
     def has_active_keys(self) -> bool:
-        with self.db.transaction() as conn:
+        with self.db.read() as conn:
             found = conn.scalar(select(api_keys.c.key_id).where(
                 api_keys.c.source == "db", api_keys.c.revoked_at.is_(None)).limit(1))
         return found is not None
 
-    def sync_env_keys(self, env_keys: dict[str, str]) -> None:
-        """Give each environment key (and the anonymous principal) a row; the environment sets its tier."""
+    def sync_env_keys(self, env_keys: dict[str, str], pepper: bytes) -> None:
+        """Give each environment key (and the anonymous principal) a row; the environment sets its tier.
+
+        Rows made before env keys were peppered (named by a plain SHA-256 fingerprint) are re-keyed to
+        the peppered fingerprint, usage and all, so limits and history carry over.
+        """
         now = self.clock()
         with self.db.transaction() as conn:
             insert_ignore(conn, api_keys, key_id=ANONYMOUS.key_id, name=ANONYMOUS.name, key_hash=None,
                           source="builtin", tier=ANONYMOUS.tier, created_at=now)
             for key, tier in env_keys.items():
-                key_id = key_fingerprint(key)
-                insert_ignore(conn, api_keys, key_id=key_id, name=key_id, key_hash=hash_key(key), source="env",
-                              tier=tier, created_at=now)
+                key_id = key_fingerprint(key, pepper)
+                _rekey_legacy_env_row(conn, key, key_id, key_digest(key, pepper))
+                insert_ignore(conn, api_keys, key_id=key_id, name=key_id, key_hash=key_digest(key, pepper),
+                              source="env", tier=tier, created_at=now)
                 conn.execute(update(api_keys).where(api_keys.c.key_id == key_id, api_keys.c.source == "env",
                                                     api_keys.c.tier != tier).values(tier=tier))
+
+
+def _rekey_legacy_env_row(conn: Connection, key: str, key_id: str, key_hash: str) -> None:
+    """Move an env key's row from its unpeppered fingerprint to `key_id`, with its ledger rows."""
+    legacy_id = key_fingerprint(key, None)
+    exists = select(api_keys.c.key_id).where(api_keys.c.key_id == key_id)
+    if legacy_id == key_id or conn.scalar(exists) is not None:
+        return
+    moved = conn.execute(update(api_keys).where(api_keys.c.key_id == legacy_id, api_keys.c.source == "env").values(
+        key_id=key_id, name=key_id, key_hash=key_hash)).rowcount
+    if moved:
+        entries = conn.execute(update(usage_ledger).where(usage_ledger.c.key_id == legacy_id).values(
+            key_id=key_id)).rowcount
+        # The old id is an unsalted hash of the key: not logged.
+        logger.info("re-keyed environment key %s to its peppered fingerprint (%d ledger rows)", key_id, entries)
 
 
 class KeyAuthenticator:
     """Bearer keys from the environment (in memory, constant time), then from the database by hash.
 
     Wrong keys count against the client address; past `failures_per_minute` it gets 429s (see
-    `FailureLimiter`). Database lookups run in a worker thread.
+    `FailureLimiter`). The count is per process, and the address is the TCP peer's (behind a reverse
+    proxy, the proxy's: `X-Forwarded-For` is not trusted). Database lookups run in a worker thread.
     """
 
-    def __init__(self, store: KeyStore, env_keys: dict[str, str], *, allow_open: bool,
+    def __init__(self, store: KeyStore, env_keys: dict[str, str], *, pepper: bytes, allow_open: bool,
                  failures_per_minute: int = 20, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.env_keys = env_keys
-        self._env = Authenticator(env_keys)
+        self.pepper = pepper
+        self._env = EnvKeys(env_keys, pepper)
         self.allow_open = allow_open
         self.failures = FailureLimiter(failures_per_minute, clock=clock)
 
+    @classmethod
+    def from_settings(cls, settings: Settings, store: KeyStore) -> KeyAuthenticator:
+        """Env keys checked against the configured tiers (`[tiers.<name>]` included), and the pepper."""
+        env_keys = parse_api_keys(settings.api_keys.get_secret_value(), settings.tiers)
+        pepper = load_key_pepper(settings) if env_keys else b""  # no env key, no pepper file needed
+        return cls(store, env_keys, pepper=pepper, allow_open=settings.listens_on_loopback_only(),
+                   failures_per_minute=settings.auth_failures_per_minute)
+
     def prepare(self) -> None:
         """Sync: create or migrate the database and give the environment keys their rows."""
-        self.store.sync_env_keys(self.env_keys)
+        self.store.sync_env_keys(self.env_keys, self.pepper)
 
     async def is_open(self) -> bool:
-        return self._env.open and not await asyncio.to_thread(self.store.has_active_keys)
+        return not self._env and not await asyncio.to_thread(self.store.has_active_keys)
 
     async def authenticate(self, authorization: str | None, client_ip: str | None = None) -> Principal:
         self.failures.check(client_ip)
-        token = _bearer_token(authorization)
-        if token is not None:
-            if not self._env.open:
-                try:
-                    return self._env.authenticate(authorization)
-                except AuthenticationError:
-                    pass
-            record = await asyncio.to_thread(self.store.find, token)
-            if record is not None and record.active:
-                return record.principal()
-            if record is None and await self._open():
+        try:
+            token = bearer_token(authorization)
+        except AuthenticationError:
+            if await self._open():
                 return ANONYMOUS
-            self.failures.record(client_ip)
-            if record is not None:
-                logger.info("refused revoked key %s from %s", record.name, client_ip)
-                raise AuthenticationError("This API key has been revoked.")
-            logger.info("refused an unknown API key from %s", client_ip)
-            raise AuthenticationError("Incorrect API key provided.")
-        if await self._open():
+            raise
+        principal = self._env.match(token)
+        if principal is not None:
+            return principal
+        record = await asyncio.to_thread(self.store.find, token)
+        if record is not None and record.active:
+            return record.principal()
+        if record is None and await self._open():
             return ANONYMOUS
-        if authorization:
-            raise AuthenticationError("Malformed Authorization header: expected `Bearer YOUR_API_KEY`.")
-        raise AuthenticationError("Missing API key: send it as `Authorization: Bearer YOUR_API_KEY`.")
+        self.failures.record(client_ip)
+        if record is not None:
+            logger.info("refused revoked key %s from %s", record.name, client_ip)
+            raise AuthenticationError("This API key has been revoked.")
+        logger.info("refused an unknown API key from %s", client_ip)
+        raise AuthenticationError("Incorrect API key provided.")
 
     async def _open(self) -> bool:
         if not await self.is_open():
@@ -206,12 +249,3 @@ class KeyAuthenticator:
             raise AuthenticationError("No API key is configured on this server; create one with "
                                       "`imageserve keys create`.")
         return True
-
-
-def _bearer_token(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()

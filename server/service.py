@@ -78,7 +78,10 @@ class ImageService:
         self.usage: UsageGate = usage or NoUsageLimits()
         self.on_outcome = on_outcome  # metrics: every request that named a known model, admitted or not
 
-    async def generate(self, body: ImageGenerationBody, principal: Principal, request_id: str) -> dict[str, Any]:
+    async def generate(
+        self, body: ImageGenerationBody, principal: Principal, request_id: str, link_base: str | None = None
+    ) -> dict[str, Any]:
+        """`link_base` is where the client reached us (for image URLs); None means the configured base."""
         started = time.perf_counter()
         request, spec = to_generation_request(body, self.registry, self.default_model, request_id)
         try:
@@ -92,7 +95,7 @@ class ImageService:
         status = "error"
         try:
             result = await self.backends[spec.id].generate(request)
-            data = await self._materialize(result, body, request_id)
+            data = await self._materialize(result, body, request_id, link_base)
             status = "ok"
         except ApiError as exc:
             status = exc.type
@@ -109,7 +112,11 @@ class ImageService:
                               spec.cost(produced, size, quality), latency_ms, status)
             if self.on_outcome is not None:
                 self.on_outcome(outcome)
-            await asyncio.shield(self.usage.settle(outcome, request.n))
+            try:
+                await asyncio.shield(self.usage.settle(outcome, request.n))
+            except Exception as exc:  # the request's real outcome stands; a ledger failure must not replace it
+                logger.error("%s: could not record usage (%s: %.200s); its reservation is released later as stale",
+                             request_id, type(exc).__name__, exc)
         assert result is not None
         return {
             "created": int(time.time()),
@@ -138,14 +145,16 @@ class ImageService:
         return perf
 
     async def _materialize(
-        self, result: GenerationResult, body: ImageGenerationBody, request_id: str
+        self, result: GenerationResult, body: ImageGenerationBody, request_id: str, link_base: str | None
     ) -> list[dict[str, Any]]:
         """Encode and store every image concurrently on worker threads."""
         return list(await asyncio.gather(*(
-            asyncio.to_thread(self._materialize_one, image, body, request_id) for image in result.images
+            asyncio.to_thread(self._materialize_one, image, body, request_id, link_base) for image in result.images
         )))
 
-    def _materialize_one(self, image: GeneratedImage, body: ImageGenerationBody, request_id: str) -> dict[str, Any]:
+    def _materialize_one(
+        self, image: GeneratedImage, body: ImageGenerationBody, request_id: str, link_base: str | None
+    ) -> dict[str, Any]:
         output_format = body.output_format or "png"
         if image.image is not None:
             encoded = encode_image(image.image, output_format, body.output_compression)
@@ -159,7 +168,7 @@ class ImageService:
         if body.wants_b64:
             entry["b64_json"] = base64.b64encode(encoded).decode("ascii")
         else:
-            entry["url"] = self.store.save(encoded, output_format, request_id)
+            entry["url"] = self.store.save(encoded, output_format, request_id, link_base)
         if image.revised_prompt is not None:
             entry["revised_prompt"] = image.revised_prompt
         if image.seed is not None:

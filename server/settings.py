@@ -110,6 +110,7 @@ class ProviderSettings(BaseModel):
     retry_backoff_max_seconds: float = Field(default=8.0, ge=0)
     rate_limit_retry_after_seconds: float = Field(default=20.0, gt=0)  # when a vendor 429 has no Retry-After
     max_concurrency: int = Field(default=16, ge=1, le=1024)  # upstream calls in flight, over all its models
+    queue_timeout_seconds: float = Field(default=60.0, gt=0)  # longest wait for one of those slots, then 503
     max_connections: int = Field(default=64, ge=1)
 
     @field_validator("base_url")
@@ -248,6 +249,12 @@ class Settings(BaseSettings):
     tiers: dict[str, TierSettings] = Field(
         default_factory=lambda: {name: TierSettings(**limits) for name, limits in DEFAULT_TIERS.items()})
     auth_failures_per_minute: int = Field(default=20, ge=0)  # per client IP, then 429; 0 = no limit
+    # HMAC key for the fingerprints of IMAGESERVE_API_KEYS keys (server.auth); default: a random one kept in
+    # data_dir. Replicas sharing a database must share it.
+    key_pepper: SecretStr | None = None
+    # A quota reservation still pending after this long lost its server (crash) and is given back.
+    # Keep it above the longest a request can take (model load + queue + generation + vendor retries).
+    stale_reservation_seconds: float = Field(default=900.0, ge=60)
 
     @field_validator("tiers", mode="before")
     @classmethod

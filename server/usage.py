@@ -7,6 +7,12 @@ and raise the 429. Because the sum and the insert happen under the lock, concurr
 processes, replicas sharing PostgreSQL) are admitted one after another and never overshoot.
 `settle` turns the row into the final record and gives back images that were not produced.
 
+A reservation that is never settled (its server crashed mid-request) is given back by `release_stale`,
+at start and then every few minutes (`release_stale_forever`), once it is older than the longest a request
+can take (`Settings.stale_reservation_seconds`, 15 minutes by default: there is no hard request deadline
+to derive it from, since a local model may load and queue first). If a slow request is settled after its
+reservation was released, `settle` still records its real outcome, so the ledger and bill stay right.
+
 Times come from an injectable clock, so tests move through minutes and days without sleeping.
 """
 
@@ -21,17 +27,19 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, case, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.types import GenerationRequest
 from server.auth import Principal
 from server.db import Database, api_keys, insert_ignore, usage_ledger
 from server.errors import ApiError, RateLimitExceeded
-from server.quotas import Limits, refusal, seconds_until_fits, tier_limits
+from server.quotas import DAY, MINUTE, Limits, refusal, seconds_until_fits, tier_limits
 from server.service import Outcome
 
 logger = logging.getLogger(__name__)
 
-STALE_AFTER_SECONDS = 3600.0  # no generation runs this long; a pending row this old lost its server
+STALE_AFTER_SECONDS = 900.0  # the default of Settings.stale_reservation_seconds
+STALE_CHECK_SECONDS = 300.0  # how often a running server looks for stale reservations
 
 
 def utc_day(ts: float) -> str:
@@ -93,11 +101,21 @@ class UsageLedger:
                         error.message)
             raise error
 
+    async def release_stale_forever(self, older_than: float = STALE_AFTER_SECONDS,
+                                    every: float = STALE_CHECK_SECONDS) -> None:
+        """`release_stale` every `every` seconds until cancelled; a database error waits for the next round."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(self.release_stale, older_than)
+            except SQLAlchemyError as exc:
+                logger.warning("could not release stale reservations: %s", str(exc).splitlines()[0])
+
     def release_stale(self, older_than: float = STALE_AFTER_SECONDS) -> int:
         """Give back reservations never settled (the server died mid-request); returns how many rows.
 
         An unsettled request never answered its client, so its images were not delivered. The age guard
-        leaves alone requests still running on another replica.
+        leaves alone requests still running here or on another replica.
         """
         now = self.clock()
         with self.db.transaction() as conn:
@@ -115,8 +133,9 @@ class UsageLedger:
                   "cost_usd": outcome.cost_usd, "latency_ms": round(outcome.latency_ms, 1),
                   "status": outcome.status, "finished_at": now}
         with self.db.transaction() as conn:
-            updated = conn.execute(update(usage_ledger).where(
-                usage_ledger.c.request_id == outcome.request_id, usage_ledger.c.status == "pending").values(**values))
+            updated = conn.execute(update(usage_ledger).where(  # "abandoned": released as stale, yet it finished
+                usage_ledger.c.request_id == outcome.request_id,
+                usage_ledger.c.status.in_(("pending", "abandoned"))).values(**values))
             if updated.rowcount == 0:  # admitted elsewhere (another gate): record it all the same
                 insert_ignore(conn, usage_ledger, request_id=outcome.request_id, key_id=outcome.principal.key_id,
                               ts=now, day=utc_day(now), requested=reserved, **values)
@@ -155,12 +174,12 @@ class UsageLedger:
     def report(self, key_id: str, start: dt.date, end: dt.date) -> dict[str, Any]:
         """One key's totals over [start, end] (UTC days): overall, per model, per day; plus its limits now."""
         now = self.clock()
-        with self.db.transaction() as conn:
+        with self.db.read() as conn:
             rows = self._totals(conn, start, end, key_id)
             key = conn.execute(select(api_keys.c.name, api_keys.c.tier, api_keys.c.images_per_minute,
                                       api_keys.c.images_per_day).where(api_keys.c.key_id == key_id)).one_or_none()
-            used_minute = self._used(conn, key_id, now - 60)
-            used_day = self._used(conn, key_id, now - 86_400)
+            used_minute = self._used(conn, key_id, now - MINUTE)
+            used_day = self._used(conn, key_id, now - DAY)
         report: dict[str, Any] = {"object": "usage", "start": start.isoformat(), "end": end.isoformat()}
         report.update(summarise(rows))
         if key is not None:
@@ -170,20 +189,23 @@ class UsageLedger:
                                 "used_last_minute": used_minute, "used_last_day": used_day}
         return report
 
-    def report_all(self, start: dt.date, end: dt.date) -> list[dict[str, Any]]:
-        """Every key's totals per model over [start, end]: one dict per (key, model)."""
-        with self.db.transaction() as conn:
-            rows = self._totals(conn, start, end, None, by_day=False)
+    def report_all(self, start: dt.date, end: dt.date, by: str = "model") -> list[dict[str, Any]]:
+        """Every key's totals over [start, end], one dict per (key, model) or, with `by="day"`, (key, day)."""
+        if by not in ("model", "day"):
+            raise ValueError(f"by must be 'model' or 'day', not {by!r}")
+        with self.db.read() as conn:
+            rows = self._totals(conn, start, end, None, by=(by,))
             names = {r.key_id: (r.name, r.tier) for r in conn.execute(
                 select(api_keys.c.key_id, api_keys.c.name, api_keys.c.tier))}
         return [{"key_id": r.key_id, "name": names.get(r.key_id, (r.key_id, "?"))[0],
-                 "tier": names.get(r.key_id, ("", "?"))[1], "model": r.model, "images": int(r.images or 0),
+                 "tier": names.get(r.key_id, ("", "?"))[1], by: getattr(r, by), "images": int(r.images or 0),
                  "cost_usd": round(float(r.cost_usd or 0), 6), "requests": int(r.requests)} for r in rows]
 
     @staticmethod
-    def _totals(conn: Connection, start: dt.date, end: dt.date, key_id: str | None, by_day: bool = True) -> list[Any]:
+    def _totals(conn: Connection, start: dt.date, end: dt.date, key_id: str | None,
+                by: tuple[str, ...] = ("model", "day")) -> list[Any]:
         ok = usage_ledger.c.status == "ok"
-        groups = [usage_ledger.c.key_id, usage_ledger.c.model] + ([usage_ledger.c.day] if by_day else [])
+        groups = [usage_ledger.c.key_id, *(usage_ledger.c[name] for name in by)]
         query = select(
             *groups,
             func.sum(case((ok, usage_ledger.c.images), else_=0)).label("images"),

@@ -8,9 +8,13 @@ import httpx
 import pytest
 
 from server.cli import main
-from server.db import DB_FILENAME
+from server.db import DB_FILENAME, Database
+from server.keys import KeyStore
+from server.settings import load_settings
+from server.usage import UsageLedger
 from tests.pg_harness import postgres
 from tests.server_harness import running_server
+from tests.test_usage_ledger import FakeClock, request, settle_ok
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -100,3 +104,27 @@ def test_unreachable_database_is_one_line_error(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("IMAGESERVE_DATABASE_URL", "postgresql://nobody:secret@127.0.0.1:1/none")
     code, _, err = cli(capsys, "keys", "list")
     assert code == 1 and "error: database" in err and "secret" not in err
+
+
+def test_usage_prints_totals_per_model_and_per_day(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clock = FakeClock()
+    database = Database.from_settings(load_settings())
+    try:
+        ledger = UsageLedger(database, load_settings().tiers, clock=clock)
+        alice = KeyStore(database, clock=clock).create("pro", "alice")[1].principal()
+        for n, model in ((2, "tiny-flux"), (1, "dall-e-2")):
+            req = request(n, model)
+            ledger.admit_sync(alice, req)
+            settle_ok(ledger, alice, req, cost=0.02 * n)
+            clock.advance(86_400)  # the next request is on the next UTC day
+    finally:
+        database.dispose()
+    code, out, _ = cli(capsys, "usage", "--start", "2026-11-20", "--end", "2026-11-21")
+    assert code == 0
+    model_table, day_table = out.split("\n\n")
+    assert "MODEL" in model_table and "DAY" in day_table
+    days = {line.split()[2]: line.split()[3:] for line in day_table.splitlines() if line.startswith("alice")}
+    assert days == {"2026-11-20": ["1", "2", "0.0400"], "2026-11-21": ["1", "1", "0.0200"]}
+    assert day_table.splitlines()[-1].split() == ["TOTAL", "2", "3", "0.0600"]
+    code, out, _ = cli(capsys, "usage", "--start", "2026-11-20", "--end", "2026-11-21", "--by", "day")
+    assert code == 0 and "MODEL" not in out and "2026-11-21" in out

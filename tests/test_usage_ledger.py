@@ -21,6 +21,7 @@ from server.usage import UsageLedger
 from tests.pg_harness import postgres
 
 T0 = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC).timestamp()
+PEPPER = b"test-pepper-" * 3
 
 
 class FakeClock:
@@ -233,8 +234,8 @@ def test_keys_store_create_list_revoke_and_env_rows(database: Database, clock: F
     with pytest.raises(ValueError, match="invalid key name"):
         store.create("pro", "bad name")
     assert store.has_active_keys()
-    store.sync_env_keys({"sk-env": "free"})
-    store.sync_env_keys({"sk-env": "pro"})  # the environment decides an env key's tier
+    store.sync_env_keys({"sk-env": "free"}, PEPPER)
+    store.sync_env_keys({"sk-env": "pro"}, PEPPER)  # the environment decides an env key's tier
     listed = {r.name: r for r in store.list()}
     env_row = next(r for r in listed.values() if r.source == "env")
     assert env_row.tier == "pro" and env_row.name.startswith("key_")
