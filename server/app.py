@@ -129,6 +129,7 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
             releaser.cancel()
             for backend in backends.values():
                 await backend.close()
+            service.close()
             await asyncio.to_thread(database.dispose)
 
     app = FastAPI(title="imageserve", version=__version__, lifespan=lifespan)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -77,6 +79,12 @@ class ImageService:
         self.default_model = default_model
         self.usage: UsageGate = usage or NoUsageLimits()
         self.on_outcome = on_outcome  # metrics: every request that named a known model, admitted or not
+        # Encoding has its own threads, one per core: a burst of big images then cannot starve the default
+        # pool that key lookups and quota admission use, nor oversubscribe the CPU.
+        self._encoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="encode")
+
+    def close(self) -> None:
+        self._encoder.shutdown(wait=False, cancel_futures=True)
 
     async def generate(
         self, body: ImageGenerationBody, principal: Principal, request_id: str, link_base: str | None = None
@@ -147,9 +155,11 @@ class ImageService:
     async def _materialize(
         self, result: GenerationResult, body: ImageGenerationBody, request_id: str, link_base: str | None
     ) -> list[dict[str, Any]]:
-        """Encode and store every image concurrently on worker threads."""
+        """Encode and store every image concurrently on the encoder threads."""
+        loop = asyncio.get_running_loop()
         return list(await asyncio.gather(*(
-            asyncio.to_thread(self._materialize_one, image, body, request_id, link_base) for image in result.images
+            loop.run_in_executor(self._encoder, self._materialize_one, image, body, request_id, link_base)
+            for image in result.images
         )))
 
     def _materialize_one(
