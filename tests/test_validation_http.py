@@ -135,3 +135,10 @@ def test_never_fastapi_422_even_on_other_routes(server, auth) -> None:
     assert response.status_code == 404 and response.json()["error"]["type"] == "not_found"
     response = httpx.get(server.api_url + "/images/generations")
     assert response.status_code == 405 and "error" in response.json()
+
+
+def test_openapi_documents_the_request_body(server) -> None:
+    spec = httpx.get(server.base_url + "/openapi.json").json()
+    schema = spec["paths"]["/v1/images/generations"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["prompt"] and schema["additionalProperties"] is False
+    assert {"negative_prompt", "seed", "num_inference_steps", "guidance_scale"} <= set(schema["properties"])
