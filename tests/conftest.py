@@ -8,6 +8,8 @@ import pytest
 
 from tests.server_harness import RunningServer, running_server
 
+pytest_plugins = ["tests.usage_fixtures"]  # database, clock and ledger fixtures
+
 TEST_KEY = "sk-test-0123456789"
 # Enterprise: no per-minute cap, so suites that send many requests are not throttled by the quotas.
 TEST_KEYS = f"{TEST_KEY}:enterprise"

@@ -14,7 +14,7 @@ from server.settings import load_settings
 from server.usage import UsageLedger
 from tests.pg_harness import postgres
 from tests.server_harness import running_server
-from tests.test_usage_ledger import FakeClock, request, settle_ok
+from tests.usage_fixtures import FakeClock, request, settle_ok
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

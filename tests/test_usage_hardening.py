@@ -8,7 +8,6 @@ import hashlib
 import logging
 import sqlite3
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,8 @@ from server.keys import KEY_PEPPER_FILENAME, KeyAuthenticator, KeyStore, load_ke
 from server.service import Outcome
 from server.settings import Settings, load_settings
 from server.usage import UsageLedger, utc_day
-from tests.pg_harness import postgres
 from tests.server_harness import running_server
-from tests.test_usage_ledger import FakeClock, free_key, request, settle_ok
+from tests.usage_fixtures import FakeClock, free_key, request, settle_ok
 
 PEPPER = b"p" * 32
 WEAK_KEY = "change-me"
@@ -36,24 +34,6 @@ TEAM = {"team": {"images_per_minute": 2, "images_per_day": 7}}
 
 def unpeppered(key: str) -> str:
     return "key_" + hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'imageserve.db'}" if request.param == "sqlite" else postgres().create_database()
-    db = Database(url)
-    yield db
-    db.dispose()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def ledger(database: Database, clock: FakeClock) -> UsageLedger:
-    return UsageLedger(database, load_settings().tiers, clock=clock)
 
 
 def ledger_status(database: Database, request_id: str) -> tuple[str, int]:
