@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -41,3 +42,18 @@ def choose_placement(device_setting: str, dtype_setting: str) -> Placement:
         return Placement("cuda", dtype_setting)
     reason = "no CUDA device" if device_setting == "auto" else "IMAGESERVE_DEVICE=cpu"
     return Placement("cpu", "fp32", reason=f"{reason}; CPU runs fp32")
+
+
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_DEVICE_LOCKS_GUARD = threading.Lock()
+
+
+def device_lock(device: str) -> threading.Lock:
+    """One lock per device: the pipeline calls of all local models on a GPU take turns.
+
+    Each model has its own worker thread, but a GPU runs one model's batch at full speed anyway, and some
+    per-call settings are process-wide (PyTorch's SDPA kernel choice, also toggled by diffusers' attention
+    backends), so overlapping calls from two models could leave each other's kernels switched off.
+    """
+    with _DEVICE_LOCKS_GUARD:
+        return _DEVICE_LOCKS.setdefault(device, threading.Lock())

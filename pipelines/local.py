@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pipelines.device import Placement, choose_placement
+from pipelines.device import Placement, choose_placement, device_lock
 from pipelines.loading import WeightsLocation, load_pipeline, locate_weights
 from pipelines.memory import free_device_memory, is_out_of_memory, simulated_oom_callback
 from pipelines.optimizations import (
@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 SEED_MODULUS = 2**32
 LOAD_RETRY_SECONDS = 10.0  # a model that failed to load is not retried by every request in a tight loop
+
+
+class ModelLoadError(RuntimeError):
+    """A load failed; carries only the message, so nothing keeps the half-built pipeline alive."""
 
 
 def _retrieve_exception(task: asyncio.Future[Any]) -> None:
@@ -80,19 +84,30 @@ class DiffusersRunner:
             return
         for width, height in self._options.warmup_sizes:
             if not self._spec.accepts_size(width, height):
-                raise ValueError(f"[models.{self._spec.id}] warmup_sizes: {width}x{height} is not a size this model "
-                                 "accepts")
+                raise ModelLoadError(f"[models.{self._spec.id}] warmup_sizes: {width}x{height} is not a size this "
+                                     "model accepts")
         logger.info("loading %s (%s) on %s from %s", self._spec.id, self._spec.kind, self.placement,
                     self._location.detail)
-        plan = plan_optimizations(self._options, self.placement)
-        pipe = load_pipeline(self._spec.kind, self._location, self._settings.model_cache,
-                             self.placement.device, self.placement.torch_dtype(), cpu_offload=plan.cpu_offload)
-        optimizations = apply_optimizations(pipe, plan, self.placement)
-        self._pipe, self.optimizations = pipe, optimizations
-        # Warm-up runs here, on the worker thread, before the scheduler exists: no request waits behind it.
-        warm_up(self._warmup_batch, plan.options, self._model_settings.max_batch_images, optimizations,
-                self.placement.device)
-        logger.info("loaded %s on %s", self._spec.id, self.placement)
+        try:
+            plan = plan_optimizations(self._options, self.placement)
+            self._pipe = load_pipeline(self._spec.kind, self._location, self._settings.model_cache,
+                                       self.placement.device, self.placement.torch_dtype(),
+                                       cpu_offload=plan.cpu_offload)
+            self.optimizations = apply_optimizations(self._pipe, plan, self.placement)
+            # Warm-up runs here, on the worker thread, before the scheduler exists: no request waits behind it.
+            warm_up(self._warmup_batch, plan.options, self._model_settings.max_batch_images, self.optimizations,
+                    self.placement.device)
+        except Exception as exc:
+            logger.exception("loading %s failed", self._spec.id)
+            self._pipe = self.optimizations = None
+            failure = f"{type(exc).__name__}: {str(exc)[:300]}"
+        else:
+            logger.info("loaded %s on %s", self._spec.id, self.placement)
+            return
+        # Outside the except block, so the traceback (whose frames hold the half-built pipeline) is gone and
+        # its memory can be returned before anyone tries again.
+        free_device_memory(self.placement.device)
+        raise ModelLoadError(failure)
 
     def _warmup_batch(self, width: int, height: int, images: int) -> None:
         steps = self._options.warmup_steps
@@ -131,7 +146,7 @@ class DiffusersRunner:
 
     def _generate(self, key: BatchKey, specs: list[ImageJobSpec]) -> list[Any]:
         assert self.optimizations is not None
-        with self.optimizations.call_context():
+        with device_lock(self.placement.device), self.optimizations.call_context():
             return list(self._pipe(**self._call_arguments(key, specs)).images)
 
     def _run_sync(self, key: BatchKey, specs: list[ImageJobSpec]) -> list[Any]:
@@ -186,7 +201,9 @@ class LocalDiffusersBackend:
         return Readiness(True, f"{location.detail}; {state}")
 
     async def start(self) -> None:
-        """Nothing heavy here: weights load on first use, or at start via `preload`."""
+        """Weights load on first use, or at start via `preload`. What `describe` needs from torch (which
+        initialises CUDA on a GPU box) is worked out here, off the event loop, and cached."""
+        await asyncio.to_thread(self.describe)
 
     async def preload(self) -> None:
         await self._ensure_loaded()
@@ -215,10 +232,11 @@ class LocalDiffusersBackend:
             await runner.load()
         except Exception as exc:
             runner.close()
-            self._load_error = type(exc).__name__
+            self._load_error = str(exc) if isinstance(exc, ModelLoadError) else type(exc).__name__
             self._retry_load_after = time.monotonic() + LOAD_RETRY_SECONDS
-            logger.exception("could not load model %s", self.spec.id)
-            raise ModelUnavailable(f"Model '{self.spec.id}' failed to load; see the server log.") from exc
+            logger.error("could not load model %s: %s", self.spec.id, exc)
+            # No `from exc`: a kept traceback would keep the failed load's memory alive until the retry.
+            raise ModelUnavailable(f"Model '{self.spec.id}' failed to load; see the server log.") from None
         self._load_error = None
         self._runner = runner
         self._scheduler = BatchScheduler(
@@ -242,6 +260,11 @@ class LocalDiffusersBackend:
                 f"[models.{self.spec.id}] to a diffusers folder."
             )
         return DiffusersRunner(self.spec, location, self._settings, self.placement())
+
+    @property
+    def dropped_jobs(self) -> int:
+        """Queued images dropped because their client went away before they ran."""
+        return self._scheduler.stats.dropped_jobs if self._scheduler is not None else 0
 
     @property
     def queued_images(self) -> int:

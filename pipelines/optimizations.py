@@ -2,8 +2,9 @@
 
 Set in `[models.<id>]` (see `server.settings.ModelSettings`). Each option either applies, or switches
 itself off with a logged reason (no CUDA, GPU too old, package missing, model without support), so one
-config file serves a GPU box and a laptop. A setting that can never work (fp8 without compile, a bad
-warm-up size) is rejected when the settings load. What applied and what was switched off is kept on the
+config file serves a GPU box and a laptop. A setting that can never work (fp8 without compile, a
+malformed warm-up size) is rejected when the settings load; a warm-up size the model does not accept,
+when the model loads. What applied and what was switched off is kept on the
 runner and shown by `GET /v1/models` and `imageserve models`.
 
 Option (default): trade-off. Without CUDA: behaviour.
@@ -88,6 +89,9 @@ class AttentionBackend:
     sdpa_kernel: str | None = None  # torch.nn.attention.SDPBackend member, for models outside the dispatcher
     package: str | None = None  # import name of the optional package it needs
 
+
+# PyTorch SDPA kernels, fastest first, as fallbacks behind a preferred one (MATH is the slow reference).
+_SDPA_ORDER = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
 
 ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
     "native": AttentionBackend("native", runs_on_cpu=True),
@@ -251,13 +255,21 @@ class AppliedOptimizations:
 
     @contextlib.contextmanager
     def call_context(self) -> Iterator[None]:
-        """Wrap every pipeline call: pins the SDPA kernel where the dispatcher could not."""
+        """Wrap every pipeline call: prefers the chosen SDPA kernel where the dispatcher could not set it.
+
+        The chosen kernel goes first and the others stay enabled behind it (`set_priority`): the VAE's
+        attention has one 512-wide head, which flash and cuDNN kernels do not take, so disabling the rest
+        would fail every request at decode. The setting is process-wide; `device_lock` keeps calls of
+        other models on the device from overlapping with it.
+        """
         if self.sdpa_kernel is None:
             yield
             return
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        with sdpa_kernel([getattr(SDPBackend, self.sdpa_kernel)]):
+        chosen = getattr(SDPBackend, self.sdpa_kernel)
+        fallbacks = [backend for backend in _SDPA_ORDER if backend != self.sdpa_kernel]
+        with sdpa_kernel([chosen, *(getattr(SDPBackend, name) for name in fallbacks)], set_priority=True):
             yield
 
     def as_dict(self) -> dict[str, Any]:
@@ -318,7 +330,8 @@ def apply_optimizations(pipe: Any, plan: OptimizationPlan, placement: Placement)
 
 
 def _apply_attention_backend(pipe: Any, name: str, result: AppliedOptimizations) -> None:
-    """Set the backend on every model for itself, so one model's choice never leaks into another's."""
+    """Set the backend on each model's transformer (per model; the SDPA pin for models outside the dispatcher
+    is process-wide and guarded by `device_lock`)."""
     backend = ATTENTION_BACKENDS[name]
     transformer = pipe.transformer
     # Only processors with this attribute go through diffusers' attention dispatcher (FLUX does, SD3 not in 0.42).

@@ -141,8 +141,13 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
     app.state.database = database
     app.state.metrics = metrics
 
+    def _route_of(request: Request) -> str:
+        route = request.scope.get("route")
+        return getattr(route, "path", "unmatched")
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        metrics.observe_error(_route_of(request), exc.type)
         return error_response(exc, getattr(request.state, "request_id", None))
 
     @app.exception_handler(RequestValidationError)
@@ -158,6 +163,7 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
         error = ApiError(str(exc.detail))
         error.status = exc.status_code
         error.type = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        metrics.observe_error(_route_of(request), error.type)
         return error_response(error)
 
     @app.exception_handler(Exception)

@@ -261,21 +261,33 @@ def write_chart(results: list[dict[str, Any]], records: list[RequestRecord], pat
 # -- the command ------------------------------------------------------------------------------------
 
 
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+
+
 def build_targets(models: list[str], base_urls: list[str], api_keys: list[str]) -> list[Target]:
-    """`--model` x `--base-url`; `MODEL@URL` pins a model to one endpoint. Keys pair with URLs in order."""
-    if len(api_keys) > 1 and len(api_keys) != len(base_urls):
-        raise ValueError("give --api-key once (for every endpoint) or once per --base-url, in the same order")
+    """`--model` x `--base-url`; `MODEL@URL` pins a model to one endpoint.
 
-    def key_for(url: str) -> str:
-        if len(api_keys) > 1 and url in base_urls:
-            return api_keys[base_urls.index(url)]
-        return api_keys[0] if api_keys else (os.environ.get("OPENAI_API_KEY") or "none")
-
+    Endpoints are the `--base-url`s, then pinned URLs, in order of first appearance. Keys pair with them
+    in that order; one key (or $OPENAI_API_KEY) only serves when there is one endpoint, so a hosted
+    vendor's key is never sent to another server.
+    """
+    pinned = [model.partition("@") for model in models]
+    if not base_urls and any(not url for _, _, url in pinned):
+        base_urls = [DEFAULT_BASE_URL]
+    endpoints: list[str] = []
+    for url in [*base_urls, *(url for _, _, url in pinned if url)]:
+        if url.rstrip("/") not in endpoints:
+            endpoints.append(url.rstrip("/"))
+    if len(api_keys) == len(endpoints):
+        keys = dict(zip(endpoints, api_keys, strict=True))
+    elif len(endpoints) == 1 and len(api_keys) <= 1:
+        keys = {endpoints[0]: api_keys[0] if api_keys else (os.environ.get("OPENAI_API_KEY") or "none")}
+    else:
+        raise ValueError(f"give one --api-key per endpoint, in this order: {', '.join(endpoints)}")
     targets: list[Target] = []
-    for model in models:
-        name, _, pinned = model.partition("@")
-        for url in [pinned] if pinned else base_urls:
-            targets.append(Target(url.rstrip("/"), name, key_for(url)))
+    for name, _, url in pinned:
+        for endpoint in [url.rstrip("/")] if url else [u.rstrip("/") for u in base_urls]:
+            targets.append(Target(endpoint, name, keys[endpoint]))
     return targets
 
 
@@ -321,7 +333,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.n < 1 or args.concurrency < 1 or args.requests < 1 or args.warmup < 0:
         print("error: --n, --concurrency and --requests must be at least 1", file=sys.stderr)
         return 2
-    targets = build_targets(args.model, args.base_url or ["http://127.0.0.1:8000/v1"], args.api_key or [])
+    targets = build_targets(args.model, args.base_url or [], args.api_key or [])
     options = BenchOptions(size=args.size, n=args.n, concurrency=args.concurrency, requests=args.requests,
                            warmup=args.warmup, response_format=args.response_format, prompt=args.prompt,
                            quality=args.quality, extra_body=json.loads(args.extra_body) if args.extra_body else {},

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class _LiveCollector(Collector):
     def __init__(self, backends: Mapping[str, Any]) -> None:
         self._backends = backends
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         queue = GaugeMetricFamily("imageserve_queue_depth", "Images queued for the device, per local model.",
                                   labels=["model"])
         for model_id, backend in self._backends.items():
@@ -40,6 +40,13 @@ class _LiveCollector(Collector):
             if isinstance(depth, int):
                 queue.add_metric([model_id], depth)
         yield queue
+        dropped = CounterMetricFamily("imageserve_dropped_jobs", "Queued images dropped before running because "
+                                      "their client went away, per local model.", labels=["model"])
+        for model_id, backend in self._backends.items():
+            count = getattr(backend, "dropped_jobs", None)
+            if isinstance(count, int):
+                dropped.add_metric([model_id], count)
+        yield dropped
         yield from _gpu_memory()
 
 
@@ -83,6 +90,9 @@ class Metrics:
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.device_busy = Counter("imageserve_device_busy_seconds", "Seconds the device spent running batches.",
                                    ["model"], registry=r)
+        self.errors = Counter("imageserve_http_errors", "Error answers on every route, by route and error type "
+                              "(bad input, bad key and the like included, which never reach a model).",
+                              ["route", "type"], registry=r)
 
     def attach(self, backends: Mapping[str, Any]) -> None:
         """Hook every local backend's batches (those with an `on_batch` slot) and read queues at scrape time."""
@@ -107,6 +117,9 @@ class Metrics:
         if outcome.images:
             self.images.labels(outcome.model).inc(outcome.images)
             self.cost.labels(outcome.model).inc(outcome.cost_usd)
+
+    def observe_error(self, route: str, error_type: str) -> None:
+        self.errors.labels(route, error_type).inc()
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -238,7 +238,7 @@ class Settings(BaseSettings):
     url_ttl_seconds: int = Field(default=3600, ge=1)
     url_signing_key: SecretStr | None = None  # default: a random key kept in the data dir
     batch_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
-    max_queue_images: int = Field(default=64, ge=1)
+    max_queue_images: int = Field(default=64, ge=10)  # at least the largest n (10), or such a request never fits
     preload: Annotated[list[str], NoDecode] = Field(default_factory=list)  # models loaded at start
     cleanup_interval_seconds: float = Field(default=60.0, gt=0)
     log_level: str = "info"

@@ -29,9 +29,23 @@ def test_percentile_and_summary() -> None:
 
 
 def test_targets_cross_models_and_endpoints_and_pin_with_at() -> None:
-    targets = build_targets(["a", "b@http://h2/v1"], ["http://h1/v1", "http://h3/v1"], ["k1", "k3"])
+    targets = build_targets(["a", "b@http://h2/v1"], ["http://h1/v1", "http://h3/v1"], ["k1", "k3", "k2"])
     assert [(t.model, t.base_url, t.api_key) for t in targets] == [
-        ("a", "http://h1/v1", "k1"), ("a", "http://h3/v1", "k3"), ("b", "http://h2/v1", "k1")]
+        ("a", "http://h1/v1", "k1"), ("a", "http://h3/v1", "k3"), ("b", "http://h2/v1", "k2")]
+
+
+def test_keys_pair_with_pinned_endpoints_and_one_key_never_goes_to_two_hosts(monkeypatch) -> None:
+    # The README's local-against-hosted comparison: no --base-url, two pinned endpoints, two keys.
+    targets = build_targets(["tiny-flux@http://127.0.0.1:8000/v1", "dall-e-3@https://api.openai.com/v1"], [],
+                            ["local-key", "sk-openai"])
+    assert [(t.base_url, t.api_key) for t in targets] == [
+        ("http://127.0.0.1:8000/v1", "local-key"), ("https://api.openai.com/v1", "sk-openai")]
+    with pytest.raises(ValueError, match="one --api-key per endpoint"):
+        build_targets(["a@http://h1/v1", "b@http://h2/v1"], [], ["only-one"])
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    with pytest.raises(ValueError, match="one --api-key per endpoint"):
+        build_targets(["a"], ["http://h1/v1", "http://h2/v1"], [])
+    assert build_targets(["a", "b"], [], [])[0].api_key == "sk-env"  # one endpoint: the default one
 
 
 def test_price_table_flag_then_registry() -> None:

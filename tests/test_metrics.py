@@ -42,6 +42,9 @@ def test_metrics_expose_requests_latency_queue_batches_device_images_and_cost(tm
         return samples[(name, frozenset(labels.items()))]
 
     assert value("imageserve_requests_total", model="sim", status="ok") == 2
+    # Rejections never reach a model; they are counted by route and error type.
+    assert value("imageserve_http_errors_total", route="/v1/images/generations", type="invalid_request") == 1
+    assert value("imageserve_dropped_jobs_total", model="sim") == 0
     assert value("imageserve_request_latency_seconds_count", model="sim", status="ok") == 2
     assert value("imageserve_images_total", model="sim") == 4
     assert abs(value("imageserve_cost_usd_total", model="sim") - 0.008) < 1e-9

@@ -75,9 +75,9 @@ def _sim_models(time_scale: float) -> dict[str, dict[str, object]]:
 
 
 async def test_server_returns_exact_sizes_and_batches_concurrent_requests(tmp_path: Path) -> None:
-    # 1/100 of real time: a 256x384 image takes ~0.1 s of "device", long enough for requests to queue.
+    # 1/100 of real time; a long batch wait, so the concurrent requests meet even on a busy machine.
     with running_server(data_dir=tmp_path, model_cache=tmp_path / "cache", models=_sim_models(0.01),
-                        batch_wait_ms=50) as server:
+                        batch_wait_ms=1000) as server:
         client = AsyncOpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
         responses = await asyncio.gather(*(
             client.images.generate(model="flux-sim", prompt=f"p{i}", size="256x384", response_format="b64_json",
