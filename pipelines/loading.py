@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.tiny import TINY_KINDS, build_tiny_model
+from pipelines.tiny import TINY_KINDS, build_tiny_model, tiny_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class WeightsLocation:
 def locate_weights(kind: str, source: str | None, model_cache: Path) -> WeightsLocation:
     """Find weights without downloading anything. Tiny kinds are always available (built on demand)."""
     if kind in TINY_KINDS and not source:
-        path = Path(model_cache) / "tiny" / kind
+        path = tiny_model_path(model_cache, kind)
         return WeightsLocation(str(path), None, True, "random weights, built on first use")
     if not source:
         return WeightsLocation("", None, False, "no source configured")

@@ -180,6 +180,7 @@ class LocalDiffusersBackend:
         self._load_error: str | None = None
         self._placement: Placement | None = None
         self._optimizations_preview: dict[str, Any] | None = None
+        self._configured_options = OptimizationOptions.from_settings(self._model_settings)
 
     def _location(self) -> WeightsLocation:
         return locate_weights(self.spec.kind, self.spec.source, self._settings.model_cache)
@@ -300,7 +301,11 @@ class LocalDiffusersBackend:
         )
 
     def describe(self) -> dict[str, Any]:
-        """Device, dtype and optimizations, for `/v1/models` and `imageserve models`. Never raises."""
+        """Device, dtype and optimizations, for `/v1/models` and `imageserve models`. Never raises.
+
+        `optimizations` has one shape: what is configured, what applied, what was switched off and why,
+        and the warm-up done; before the model loads, `applied` and `warmup` are empty and `state` says so.
+        """
         try:
             placement = self.placement()
         except ValueError as exc:
@@ -308,20 +313,18 @@ class LocalDiffusersBackend:
                     "max_batch_images": self._model_settings.max_batch_images}
         applied = getattr(self._runner, "optimizations", None)
         if applied is not None:
-            optimizations = {"configured": self._options_summary(), **applied.as_dict()}
+            optimizations = {"configured": self._configured_options.summary(), "state": "loaded",
+                             **applied.as_dict()}
         else:  # not loaded yet: what this machine will switch off (worked out once)
             if self._optimizations_preview is None:
-                options = OptimizationOptions.from_settings(self._model_settings)
                 self._optimizations_preview = {
-                    "configured": options.summary(), "state": "applied when the model loads",
-                    "switched_off": plan_optimizations(options, placement).switched_off,
+                    "configured": self._configured_options.summary(), "state": "applied when the model loads",
+                    "applied": {}, "warmup": [],
+                    "switched_off": plan_optimizations(self._configured_options, placement).switched_off,
                 }
             optimizations = self._optimizations_preview
         return {"device": placement.device, "dtype": placement.dtype,
                 "max_batch_images": self._model_settings.max_batch_images, "optimizations": optimizations}
-
-    def _options_summary(self) -> dict[str, Any]:
-        return OptimizationOptions.from_settings(self._model_settings).summary()
 
     async def close(self) -> None:
         if self._scheduler is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -196,7 +197,9 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
         except ClientDisconnected:
             logger.info("%s: client disconnected; its work was cancelled", request_id)
             raise ClientClosedRequest("The client closed the connection; its work was cancelled.") from None
-        return JSONResponse(payload, headers={REQUEST_ID_HEADER: request_id})
+        # A response with several base64 images is megabytes of JSON: render it off the event loop.
+        rendered = await asyncio.to_thread(_render_json, payload)
+        return Response(rendered, media_type="application/json", headers={REQUEST_ID_HEADER: request_id})
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -256,6 +259,10 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
         return {"status": "ok", "version": __version__, "models_ready": ready}
 
     return app
+
+
+def _render_json(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 async def _sweep_expired(store: ImageStore, interval: float) -> None:
