@@ -243,7 +243,7 @@ class AppliedOptimizations:
     applied: dict[str, str] = field(default_factory=dict)
     switched_off: dict[str, str] = field(default_factory=dict)
     warmup: list[str] = field(default_factory=list)
-    sdpa_kernel: str | None = None  # pinned around each call for models outside the attention dispatcher
+    sdpa_kernel: str | None = None  # preferred around each call, for models outside the attention dispatcher
 
     def switch_off(self, name: str, reason: str) -> None:
         self.switched_off[name] = reason
@@ -348,7 +348,8 @@ def _apply_attention_backend(pipe: Any, name: str, result: AppliedOptimizations)
         result.apply("attention_backend", "native (PyTorch SDPA)")
     elif backend.sdpa_kernel is not None:
         result.sdpa_kernel = backend.sdpa_kernel
-        result.apply("attention_backend", f"{name} (PyTorch SDPA pinned to {backend.sdpa_kernel} around each call)")
+        result.apply("attention_backend", f"{name} (PyTorch SDPA preferring {backend.sdpa_kernel} around each call, "
+                                          "the other kernels as fallbacks)")
     elif name == "xformers" and hasattr(pipe, "enable_xformers_memory_efficient_attention"):
         pipe.enable_xformers_memory_efficient_attention()
         result.apply("attention_backend", "xformers (the pipeline's xformers attention processors)")
