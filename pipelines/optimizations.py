@@ -15,11 +15,13 @@ dtype (bf16, `IMAGESERVE_DTYPE` or per model)
     Without CUDA: always fp32 (half precision is slow or missing on CPUs).
 attention_backend (native)
     native: PyTorch SDPA picks the flash, memory-efficient or cuDNN kernel itself. native_cudnn,
-    native_flash, native_efficient: pin one SDPA kernel (cuDNN is the fastest on an H100 for these head
+    native_flash, native_efficient: use one SDPA kernel (cuDNN is the fastest on an H100 for these head
     sizes). flash (flash-attn), xformers, sage (sageattention: 8-bit QK, slightly different pixels): only
     if that package is installed, else switched off. native_math: the unfused reference, slowest.
-    FLUX goes through diffusers' attention dispatcher; SD3's processors do not (diffusers 0.42), so for
-    SD3 native_* pins the SDPA kernel around each call and xformers uses the pipeline's xformers switch.
+    FLUX goes through diffusers' attention dispatcher (its transformer only); SD3's processors do not
+    (diffusers 0.42), so for SD3 native_* makes that kernel PyTorch's first choice around each call, the
+    others staying as fallbacks (the VAE's 512-wide head needs one), and xformers uses the pipeline's
+    xformers switch.
     Without CUDA: native and native_math run; the others switch off (logged) and native is used.
 compile (off)
     regional: torch.compile of the repeated transformer blocks (`compile_repeated_blocks`, fullgraph):
