@@ -23,7 +23,7 @@ from server import __version__
 from server.auth import Principal
 from server.backends import build_backend
 from server.db import Database
-from server.errors import ApiError, InvalidRequest
+from server.errors import ApiError, InvalidRequest, NotFound
 from server.keys import KeyAuthenticator, KeyStore
 from server.metrics import Metrics
 from server.protocol import ImageGenerationBody, parse_body
@@ -210,7 +210,7 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
         await authenticate(request)
         if registry.get(model_id) is None:
-            raise ApiError(f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
+            raise NotFound(f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
         return _model_entry(model_id)
 
     def _model_entry(model_id: str) -> dict[str, Any]:

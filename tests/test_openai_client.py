@@ -96,3 +96,10 @@ def test_models_list_in_openai_format_with_extensions(client: openai.OpenAI) -> 
     assert models["flux-dev"].model_extra["sizes"] == ["1024x1024", "custom"]
     assert models["flux-dev"].model_extra["ready"] is False
     assert "imageserve pull flux-dev" in models["flux-dev"].model_extra["status"]
+
+
+def test_retrieving_an_unknown_model_is_404(client: openai.OpenAI) -> None:
+    assert client.models.retrieve("tiny-flux").id == "tiny-flux"
+    with pytest.raises(openai.NotFoundError) as error:
+        client.models.retrieve("no-such-model")
+    assert error.value.status_code == 404 and error.value.code == "model_not_found"
