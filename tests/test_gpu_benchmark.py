@@ -74,8 +74,33 @@ def test_smoke_run_writes_json_and_markdown(bench: ModuleType, tmp_path: Path) -
     assert cells == {(model, "eager", batch) for model in ("flux-dev", "sd3-medium") for batch in (1, 2)}
     for row in report["results"]:
         assert row["mean_s"] > 0 and len(row["runs_s"]) == 1 and "warmup_s" in row
+        assert row["achieved_tflops"] == pytest.approx(row["tflop_per_call"] / row["mean_s"], rel=0.01)
+    batch_one, batch_two = (row["tflop_per_call"] for row in report["results"] if row["model"] == "flux-dev")
+    assert batch_two == pytest.approx(2 * batch_one, rel=0.01)
     markdown = result.with_suffix(".md").read_text()
-    assert markdown.count("| eager |") == 4
+    assert markdown.count("| eager |") == 4 and "Compute floor per call at 800 TFLOP/s" in markdown
+
+
+@pytest.mark.slow
+def test_a_failing_config_is_recorded_and_the_others_still_run(bench: ModuleType, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A configuration that raises (a torchao or diffusers API change, say) must not cost the run its numbers."""
+    real_plan = bench.plan_optimizations
+
+    def plan_breaking_fp8(options, placement):
+        if options.quantize == "fp8":
+            raise RuntimeError("torchao API changed")
+        return real_plan(options, placement)
+
+    monkeypatch.setattr(bench, "plan_optimizations", plan_breaking_fp8)
+    args = ["--smoke", "--models", "flux-dev", "--configs", "compile-fp8", "eager", "--batch-sizes", "1",
+            "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    [result] = list(tmp_path.glob("gpu-benchmark-smoke-cpu-*.json"))
+    broken, eager = json.loads(result.read_text())["results"]
+    assert broken["config"] == "compile-fp8" and broken["error"] == "failed: RuntimeError: torchao API changed"
+    assert "mean_s" not in broken and eager["config"] == "eager" and eager["mean_s"] > 0
+    assert "failed: RuntimeError: torchao API changed" in result.with_suffix(".md").read_text()
 
 
 @pytest.mark.gpu

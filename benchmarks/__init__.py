@@ -1,0 +1,1 @@
+"""Benchmark scripts; run them from a checkout (`python benchmarks/<script>.py`)."""
