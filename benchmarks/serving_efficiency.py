@@ -274,8 +274,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "command": "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)
-                                             if Path(sys.argv[0]).is_absolute() else sys.argv[0]), *sys.argv[1:]]),
+        "command": " ".join(["python", str(Path(__file__).resolve().relative_to(ROOT)), *args.argv]),
         "profile": {"step_seconds_base": profile.step_seconds_base,
                     "step_seconds_per_megapixel": profile.step_seconds_per_megapixel,
                     "time_scale": profile.time_scale, "steps": STEPS, "size": "1024x1024"},
@@ -286,7 +285,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--time-scale", type=float, default=0.1)
     parser.add_argument("--clients", type=int, default=16)
@@ -294,7 +293,8 @@ def main() -> None:
     parser.add_argument("--low-load-requests", type=int, default=10)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     report = asyncio.run(run(args))
     write_results(report, args.out)
     print((args.out / "serving_efficiency.md").read_text())
