@@ -22,10 +22,11 @@ from pipelines.optimizations import (
     AppliedOptimizations,
     OptimizationOptions,
     apply_optimizations,
+    is_compile_failure,
     plan_optimizations,
     warm_up,
 )
-from pipelines.scheduler import BatchKey, BatchScheduler, DeviceOutOfMemory, ImageJobSpec
+from pipelines.scheduler import BatchKey, BatchScheduler, DeviceOutOfMemory, ImageJobSpec, TimedOutputs
 from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult, Readiness
 from server.errors import ModelUnavailable
 
@@ -57,7 +58,7 @@ class DeviceRunner(Protocol):
 
     async def load(self) -> None: ...
 
-    async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> list[Any]: ...
+    async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> list[Any] | TimedOutputs: ...
 
     def close(self) -> None: ...
 
@@ -119,7 +120,7 @@ class DiffusersRunner:
     def loaded(self) -> bool:
         return self._pipe is not None
 
-    async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> list[Any]:
+    async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> TimedOutputs:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_sync, key, list(specs))
 
     def _call_arguments(self, key: BatchKey, specs: list[ImageJobSpec]) -> dict[str, Any]:
@@ -144,12 +145,28 @@ class DiffusersRunner:
             arguments["callback_on_step_end"] = simulated_oom_callback
         return arguments
 
-    def _generate(self, key: BatchKey, specs: list[ImageJobSpec]) -> list[Any]:
+    def _call_pipeline(self, key: BatchKey, specs: list[ImageJobSpec]) -> TimedOutputs:
+        """One pipeline call, timed from when this model has the device (not while it waits for the lock)."""
         assert self.optimizations is not None
-        with device_lock(self.placement.device), self.optimizations.call_context():
-            return list(self._pipe(**self._call_arguments(key, specs)).images)
+        with device_lock(self.placement.device):
+            started = time.perf_counter()
+            with self.optimizations.call_context():
+                images = list(self._pipe(**self._call_arguments(key, specs)).images)
+            return TimedOutputs(images, time.perf_counter() - started)
 
-    def _run_sync(self, key: BatchKey, specs: list[ImageJobSpec]) -> list[Any]:
+    def _generate(self, key: BatchKey, specs: list[ImageJobSpec]) -> TimedOutputs:
+        """A call; if torch.compile fails on it, compile is switched off for good and the call runs eagerly."""
+        assert self.optimizations is not None
+        try:
+            return self._call_pipeline(key, specs)
+        except Exception as exc:
+            if "compile" not in self.optimizations.applied or not is_compile_failure(exc):
+                raise
+            logger.exception("model %s: torch.compile failed; switching compile off", self._spec.id)
+            self.optimizations.fall_back_to_eager(self._pipe.transformer, exc)
+        return self._call_pipeline(key, specs)
+
+    def _run_sync(self, key: BatchKey, specs: list[ImageJobSpec]) -> TimedOutputs:
         self._load_sync()
         try:
             return self._generate(key, specs)

@@ -18,6 +18,8 @@ attention_backend (native)
     native_flash, native_efficient: use one SDPA kernel (cuDNN is the fastest on an H100 for these head
     sizes). flash (flash-attn), xformers, sage (sageattention: 8-bit QK, slightly different pixels): only
     if that package is installed, else switched off. native_math: the unfused reference, slowest.
+    For SD3, xformers and fuse_qkv do not combine (no xformers processor for fused projections): fuse_qkv
+    switches off.
     FLUX goes through diffusers' attention dispatcher (its transformer only); SD3's processors do not
     (diffusers 0.42), so for SD3 native_* makes that kernel PyTorch's first choice around each call, the
     others staying as fallbacks (the VAE's 512-wide head needs one), and xformers uses the pipeline's
@@ -28,7 +30,10 @@ compile (off)
     about 1.5x faster denoising on an H100 for a cold start of tens of seconds per new shape, paid by
     warm-up. A model that declares no repeated blocks (SD3 in diffusers 0.42) gets full instead, logged.
     full: the whole transformer; a little faster still, a much longer compile. A new size or batch size
-    recompiles once; from the second shape on, torch marks the changed dimensions dynamic.
+    recompiles once; from the second shape on, torch marks the changed dimensions dynamic. full cannot
+    trace cpu_offload's hooks, so with cpu_offload full is switched off (regional works). If compiling
+    fails at a call (a broken C++ or Triton toolchain, an op Dynamo cannot trace), compile switches off
+    for good, logged, and that call and the later ones run eagerly.
     Without CUDA: runs with inductor's C++ backend (needs g++/clang++, else switched off, logged);
     slower than eager for the tiny models.
 fuse_qkv (false)
@@ -38,8 +43,9 @@ fuse_qkv (false)
 quantize (none)
     fp8: torchao dynamic fp8 (row-wise) quantization of the transformer's linear layers: about 1.3x faster
     on top of compile, half the transformer's weight memory, small pixel differences. Needs compile (eager
-    fp8 is slower than bf16; a setting without compile is rejected), compute capability >= 8.9 (Ada,
-    Hopper, Blackwell) and the `gpu` extra (torchao); not combined with cpu_offload.
+    fp8 is slower than bf16; a setting without compile is rejected), bf16 weights (row-wise scaling takes
+    no other dtype), compute capability >= 8.9 (Ada, Hopper, Blackwell) and the `gpu` extra (torchao);
+    not combined with cpu_offload.
     Without CUDA: switched off (logged).
 channels_last_vae (false)
     VAE convolutions in NHWC layout: faster decode on tensor cores, no cost. Without CUDA: applies.
@@ -218,6 +224,10 @@ def plan_optimizations(
     if options.compile != "off" and not on_cuda and cxx_compiler() is None:
         off["compile"] = "torch.compile on CPU needs a C++ compiler (g++ or clang++, or $CXX); none found"
         changes["compile"] = "off"
+    elif options.compile == "full" and options.cpu_offload and on_cuda:
+        off["compile"] = ("full compile cannot trace the hooks cpu_offload puts on the transformer; "
+                          "compile = \"regional\" works with it")
+        changes["compile"] = "off"
 
     if options.quantize == "fp8":
         reason = None
@@ -230,6 +240,8 @@ def plan_optimizations(
             reason = "fp8 runs only together with compile, which is switched off"
         elif options.cpu_offload:
             reason = "fp8 quantization is not combined with cpu_offload here"
+        elif placement.dtype != "bf16":
+            reason = f"torchao's row-wise fp8 takes bf16 weights; this model runs {placement.dtype}"
         elif not has_package("torchao"):
             reason = "fp8 needs torchao: install the 'gpu' extra (pip install 'imageserve[gpu]')"
         if reason:
@@ -274,6 +286,14 @@ class AppliedOptimizations:
         with sdpa_kernel([chosen, *(getattr(SDPBackend, name) for name in fallbacks)], set_priority=True):
             yield
 
+    def fall_back_to_eager(self, transformer: Any, exc: BaseException) -> None:
+        """Compiling failed (see `is_compile_failure`): undo it for good, so this and later calls run eagerly."""
+        for module in transformer.modules():
+            module._compiled_call_impl = None  # what nn.Module.compile set: on the transformer, or on each block
+        self.applied.pop("compile", None)
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        self.switch_off("compile", f"compiling failed, running eager: {type(exc).__name__}: {first_line}")
+
     def as_dict(self) -> dict[str, Any]:
         return {"applied": dict(self.applied), "switched_off": dict(self.switched_off), "warmup": list(self.warmup)}
 
@@ -294,7 +314,12 @@ def apply_optimizations(pipe: Any, plan: OptimizationPlan, placement: Placement)
         result.apply("cpu_offload", "model CPU offload (components move to the GPU while they run)")
     transformer = pipe.transformer
 
-    if options.fuse_qkv:
+    if options.fuse_qkv and options.attention_backend == "xformers" and not _uses_dispatcher(transformer):
+        # The pipeline's xformers switch has no processor for fused joint attention (SD3, diffusers 0.42): it
+        # would install one that ignores the fused projections and breaks every call.
+        result.switch_off("fuse_qkv", f"{type(transformer).__name__} has no xformers processor for fused "
+                                      "projections; xformers attention is kept")
+    elif options.fuse_qkv:
         try:
             transformer.fuse_qkv_projections()
             result.apply("fuse_qkv", "fused QKV projections")
@@ -307,8 +332,8 @@ def apply_optimizations(pipe: Any, plan: OptimizationPlan, placement: Placement)
         try:
             _quantize_fp8(transformer)
             result.apply("quantize", "fp8 dynamic activations and weights, row-wise (torchao)")
-        except (ImportError, AssertionError, RuntimeError) as exc:  # torchao checks the hardware itself, first
-            result.switch_off("quantize", f"torchao could not quantize to fp8: {exc}")
+        except Exception as exc:  # torchao checks the hardware itself; a torchao/torch mismatch fails here too
+            result.switch_off("quantize", f"torchao could not quantize to fp8: {type(exc).__name__}: {exc}")
 
     if options.channels_last_vae:
         pipe.vae.to(memory_format=torch.channels_last)
@@ -322,9 +347,14 @@ def apply_optimizations(pipe: Any, plan: OptimizationPlan, placement: Placement)
             transformer.compile_repeated_blocks(fullgraph=True)
             result.apply("compile", "regional: torch.compile of the repeated transformer blocks")
         except ValueError:
-            transformer.compile(fullgraph=True)
-            result.apply("compile", f"full: {type(transformer).__name__} declares no repeated blocks for regional "
-                                    "compilation, so the whole transformer is compiled")
+            name = type(transformer).__name__
+            if options.cpu_offload:
+                result.switch_off("compile", f"{name} declares no repeated blocks for regional compilation, and "
+                                             "full compile cannot trace the hooks cpu_offload puts on it")
+            else:
+                transformer.compile(fullgraph=True)
+                result.apply("compile", f"full: {name} declares no repeated blocks for regional compilation, so "
+                                        "the whole transformer is compiled")
     elif options.compile == "full":
         transformer.compile(fullgraph=True)
         result.apply("compile", "full: torch.compile of the whole transformer")
@@ -336,9 +366,7 @@ def _apply_attention_backend(pipe: Any, name: str, result: AppliedOptimizations)
     is process-wide and guarded by `device_lock`)."""
     backend = ATTENTION_BACKENDS[name]
     transformer = pipe.transformer
-    # Only processors with this attribute go through diffusers' attention dispatcher (FLUX does, SD3 not in 0.42).
-    dispatched = any(hasattr(proc, "_attention_backend") for proc in transformer.attn_processors.values())
-    if dispatched:
+    if _uses_dispatcher(transformer):
         try:
             transformer.set_attention_backend(backend.dispatcher_name)
         except (RuntimeError, ValueError) as exc:
@@ -353,11 +381,22 @@ def _apply_attention_backend(pipe: Any, name: str, result: AppliedOptimizations)
         result.apply("attention_backend", f"{name} (PyTorch SDPA preferring {backend.sdpa_kernel} around each call, "
                                           "the other kernels as fallbacks)")
     elif name == "xformers" and hasattr(pipe, "enable_xformers_memory_efficient_attention"):
-        pipe.enable_xformers_memory_efficient_attention()
+        try:
+            pipe.enable_xformers_memory_efficient_attention()
+        except Exception as exc:  # xformers missing, or built for another torch or GPU
+            result.switch_off("attention_backend", f"xformers: {type(exc).__name__}: {exc}; using native "
+                                                   "(PyTorch SDPA)")
+            return
         result.apply("attention_backend", "xformers (the pipeline's xformers attention processors)")
     else:
         result.switch_off("attention_backend", f"{name}: {type(transformer).__name__}'s attention does not go "
                                                "through diffusers' attention dispatcher; using native (PyTorch SDPA)")
+
+
+def _uses_dispatcher(transformer: Any) -> bool:
+    """Whether its attention goes through diffusers' attention dispatcher (FLUX does; SD3 does not in 0.42):
+    only those processors carry `_attention_backend`."""
+    return any(hasattr(proc, "_attention_backend") for proc in transformer.attn_processors.values())
 
 
 def _fp8_friendly(module: Any, _name: str) -> bool:
@@ -371,6 +410,19 @@ def _quantize_fp8(transformer: Any) -> None:
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=_fp8_friendly)
+
+
+def is_compile_failure(exc: BaseException) -> bool:
+    """Raised by torch.compile's machinery (Dynamo tracing, Inductor code generation, the C++ or Triton build),
+    directly or as the cause of another error; such a failure is the compiler's, not the request's."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 # -- warm-up --------------------------------------------------------------------------------------

@@ -67,9 +67,22 @@ class DeviceOutOfMemory(Exception):
     """Raised by a runner when a batch does not fit on the device."""
 
 
+@dataclass(frozen=True)
+class TimedOutputs:
+    """A runner's outputs with the device time it measured itself.
+
+    The scheduler can only time the whole `run_batch` await, which includes waiting for a device shared with
+    other models (`device_lock`); a runner that knows when the device was really busy returns this instead
+    of a plain list, so device busy time and `perf.device_ms` stay true.
+    """
+
+    outputs: list[Any]
+    device_seconds: float
+
+
 class BatchRunner(Protocol):
-    async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> list[Any]:
-        """Return exactly one output per spec, in order."""
+    async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> list[Any] | TimedOutputs:
+        """Return exactly one output per spec, in order (optionally with the device time, see TimedOutputs)."""
         ...
 
 
@@ -219,6 +232,9 @@ class BatchScheduler:
         started = time.perf_counter()
         try:
             outputs = await self._runner.run_batch(batch[0].key, [job.spec for job in batch])
+            device_s = time.perf_counter() - started
+            if isinstance(outputs, TimedOutputs):
+                outputs, device_s = outputs.outputs, outputs.device_seconds
             if len(outputs) != len(batch):
                 raise RuntimeError(f"runner returned {len(outputs)} outputs for {len(batch)} jobs")
         except asyncio.CancelledError:
@@ -231,7 +247,6 @@ class BatchScheduler:
         except Exception as exc:  # noqa: BLE001 - every job of the batch gets a clear error
             self._fail(batch, exc)
             return
-        device_s = time.perf_counter() - started
         self._record(len(batch), device_s)
         for job, output in zip(batch, outputs, strict=True):
             if not job.future.done():

@@ -3,7 +3,11 @@ and out of device memory through a real server (batch split, then 503 for one im
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import logging
+import threading
+import time
 import typing
 from pathlib import Path
 
@@ -13,7 +17,7 @@ import pydantic
 import pytest
 import torch
 
-from pipelines.device import Placement, choose_placement
+from pipelines.device import Placement, choose_placement, device_lock
 from pipelines.loading import locate_weights
 from pipelines.local import DiffusersRunner, ModelLoadError
 from pipelines.memory import is_out_of_memory
@@ -21,6 +25,9 @@ from pipelines.optimizations import (
     ATTENTION_BACKENDS,
     AppliedOptimizations,
     OptimizationOptions,
+    OptimizationPlan,
+    apply_optimizations,
+    is_compile_failure,
     plan_optimizations,
     warm_up,
 )
@@ -100,6 +107,33 @@ def test_plan_for_fp8_on_cuda(capability, packages, offload, reason) -> None:
         assert plan.options.quantize == "none" and reason in plan.switched_off["quantize"]
 
 
+def test_plan_for_fp8_needs_bf16_weights() -> None:
+    options = OptimizationOptions(compile="regional", quantize="fp8")
+    plan = plan_optimizations(options, Placement("cuda", "fp16"), gpu_capability=(9, 0), has_package=lambda _: True)
+    assert plan.options.quantize == "none"
+    assert "takes bf16 weights; this model runs fp16" in plan.switched_off["quantize"]
+
+
+def test_plan_switches_full_compile_off_with_cpu_offload_but_keeps_regional() -> None:
+    full = plan_optimizations(OptimizationOptions(compile="full", cpu_offload=True), CUDA, gpu_capability=(9, 0))
+    assert full.options.compile == "off" and "cannot trace the hooks cpu_offload" in full.switched_off["compile"]
+    regional = plan_optimizations(OptimizationOptions(compile="regional", cpu_offload=True), CUDA,
+                                  gpu_capability=(9, 0))
+    assert regional.options.compile == "regional" and regional.switched_off == {}
+
+
+def test_compile_failures_are_told_apart_from_other_errors() -> None:
+    from torch._dynamo.exc import Unsupported
+    from torch._inductor.exc import InductorError
+
+    wrapped = RuntimeError("pipeline call failed")
+    wrapped.__cause__ = InductorError(RuntimeError("no working C++ compiler"), "")
+    assert is_compile_failure(wrapped)
+    assert is_compile_failure(Unsupported("graph break"))
+    assert not is_compile_failure(RuntimeError("shape mismatch"))
+    assert not is_compile_failure(torch.OutOfMemoryError("CUDA out of memory"))
+
+
 @pytest.mark.parametrize("backend", ["xformers", "flash", "sage"])
 def test_attention_backend_package_missing_falls_back_to_native(backend: str) -> None:
     plan = plan_optimizations(OptimizationOptions(attention_backend=backend), CUDA, gpu_capability=(9, 0),
@@ -152,7 +186,7 @@ def _runner(model_cache: Path, model: str = "tiny-flux", **fields) -> DiffusersR
 
 async def _images(runner: DiffusersRunner, size: int = 256, n: int = 2, steps: int = 1) -> list[np.ndarray]:
     key = BatchKey(runner._spec.id, size, size, steps, 3.5, runner._spec.max_sequence_length)
-    images = await runner.run_batch(key, [ImageJobSpec("a red cube", seed) for seed in range(n)])
+    images = (await runner.run_batch(key, [ImageJobSpec("a red cube", seed) for seed in range(n)])).outputs
     assert [image.size for image in images] == [(size, size)] * n
     return [np.asarray(image, dtype=np.int16) for image in images]
 
@@ -222,8 +256,40 @@ async def test_sd3_regional_compile_falls_back_to_the_whole_transformer(model_ca
         await runner.load()
         assert runner.optimizations is not None
         assert runner.optimizations.applied["compile"].startswith("full: SD3Transformer2DModel declares no repeated")
+        await _images(runner, size=128, n=1)  # the whole transformer compiled, and called
+        assert "compile" in runner.optimizations.applied
     finally:
         runner.close()
+
+
+async def _loaded_pipeline(model_cache: Path, model: str) -> typing.Any:
+    runner = _runner(model_cache, model)
+    await runner.load()
+    runner.close()
+    return runner._pipe
+
+
+@pytest.mark.slow
+async def test_sd3_with_cpu_offload_does_not_fall_back_to_full_compile(model_cache: Path) -> None:
+    """Regional compile of SD3 falls back to full, which cannot trace the offload hooks: compile goes off."""
+    pipe = await _loaded_pipeline(model_cache, "tiny-sd3")
+    plan = OptimizationPlan(OptimizationOptions(compile="regional", cpu_offload=True), {})  # as on a GPU
+    result = apply_optimizations(pipe, plan, CPU)
+    assert "compile" not in result.applied
+    assert "full compile cannot trace the hooks cpu_offload" in result.switched_off["compile"]
+
+
+@pytest.mark.slow
+async def test_sd3_fuse_qkv_is_switched_off_for_xformers(model_cache: Path) -> None:
+    """The pipeline's xformers switch has no processor for SD3's fused projections: fuse_qkv gives way."""
+    pipe = await _loaded_pipeline(model_cache, "tiny-sd3")
+    plan = OptimizationPlan(OptimizationOptions(attention_backend="xformers", fuse_qkv=True), {})  # as on a GPU
+    result = apply_optimizations(pipe, plan, CPU)
+    assert "fuse_qkv" not in result.applied
+    assert "no xformers processor for fused projections" in result.switched_off["fuse_qkv"]
+    assert not any(type(proc).__name__.startswith("Fused") for proc in pipe.transformer.attn_processors.values())
+    if importlib.util.find_spec("xformers") is None:  # this machine: the switch itself fails, logged, native stays
+        assert result.switched_off["attention_backend"].startswith("xformers: ")
 
 
 @pytest.mark.slow
@@ -240,13 +306,16 @@ async def test_warmup_size_the_model_does_not_accept_is_rejected_at_load(model_c
 async def test_regional_compile_with_warm_up_on_cpu(model_cache: Path) -> None:
     """The whole compile path on CPU (inductor's C++ backend): tens of seconds on two cores."""
     runner = _runner(model_cache, "tiny-flux", compile="regional", fuse_qkv=True, warmup_sizes=["256x256"],
-                     warmup_steps=1, max_batch_images=1)
+                     warmup_steps=1, max_batch_images=2)
     try:
         await runner.load()
         assert runner.optimizations is not None
         assert runner.optimizations.applied["compile"].startswith("regional")
-        assert [entry.split(":")[0] for entry in runner.optimizations.warmup] == ["256x256 x1"]
+        # batch 1, then the largest batch: the second compile makes the batch dimension dynamic
+        assert [entry.split(":")[0] for entry in runner.optimizations.warmup] == ["256x256 x1", "256x256 x2"]
         await _images(runner, n=1)
+        await _images(runner, n=2)
+        assert "compile" in runner.optimizations.applied
     finally:
         runner.close()
 
@@ -371,3 +440,33 @@ def test_a_pinned_kernel_is_preferred_not_exclusive() -> None:
     with AppliedOptimizations(sdpa_kernel="CUDNN_ATTENTION").call_context():
         out = torch.nn.functional.scaled_dot_product_attention(query, query, query)
     assert out.shape == query.shape
+
+
+@pytest.mark.slow
+async def test_device_time_excludes_waiting_for_a_shared_device(model_cache: Path) -> None:
+    """Models on one device take turns (`device_lock`); the turn of another is not this model's device time."""
+    runner = _runner(model_cache, "tiny-flux")
+    held_s = 1.0
+    try:
+        await runner.load()
+        key = BatchKey("tiny-flux", 128, 128, 1, 3.5, runner._spec.max_sequence_length)
+        lock, taken = device_lock("cpu"), threading.Event()
+
+        def other_model_busy() -> None:
+            with lock:
+                taken.set()
+                time.sleep(held_s)
+
+        holder = threading.Thread(target=other_model_busy)
+        holder.start()
+        taken.wait()
+        started = time.perf_counter()
+        result = await runner.run_batch(key, [ImageJobSpec("a red cube", 0)])
+        waited_and_ran = time.perf_counter() - started
+        await asyncio.to_thread(holder.join)
+        assert len(result.outputs) == 1
+        # It could only start once the lock was free, about held_s after `started`: all of that was waiting
+        # (the margin covers the moment between the holder taking the lock and `started`).
+        assert 0 < result.device_seconds <= waited_and_ran - held_s + 0.25
+    finally:
+        runner.close()
