@@ -8,6 +8,9 @@ matplotlib, the `bench` extra, is installed).
 
 Cost comes from the response's `perf.cost_usd` when the server sends one (ours does), else from
 `--price MODEL=USD`, else from the built-in price table (the registry's list prices per image).
+
+OpenAI's GPT image models (gpt-image-1 ...) refuse `response_format` and take quality low/medium/high/auto:
+bench them with `--response-format none --quality low` (or any other quality; it is passed through).
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ from urllib.parse import urlsplit
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "A lighthouse on a cliff at dawn, waves below, photorealistic"
+NO_KEY = "none"  # what the client sends when no key is given; not a secret
 
 
 @dataclass(frozen=True)
 class Target:
     base_url: str
     model: str
-    api_key: str
+    api_key: str = field(repr=False)
 
     @property
     def label(self) -> str:
@@ -54,6 +58,8 @@ class RequestRecord:
     cost_source: str | None = None  # "perf", "flag", "table" or None when unknown
     error: str | None = None
     perf: dict[str, Any] = field(default_factory=dict)
+    returned: str | None = None  # what the answer carried: "b64_json", "url" or "mixed"
+    image_bytes: int | None = None  # decoded image bytes, when the answer carried them (b64_json)
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ class BenchOptions:
     concurrency: int = 4
     requests: int = 16
     warmup: int = 0
-    response_format: str = "b64_json"
+    response_format: str | None = "b64_json"  # None: not sent, the endpoint's default answers
     prompt: str = DEFAULT_PROMPT
     quality: str | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
@@ -92,42 +98,71 @@ class PriceTable:
 # -- running ----------------------------------------------------------------------------------------
 
 
-async def _one_request(client: Any, target: Target, options: BenchOptions, prices: PriceTable, index: int,
-                       began: float) -> RequestRecord:
-    import openai
-
-    arguments: dict[str, Any] = {"model": target.model, "prompt": options.prompt, "n": options.n,
-                                 "size": options.size, "response_format": options.response_format}
+def request_arguments(model: str, options: BenchOptions) -> dict[str, Any]:
+    """The `images.generate` keywords; `response_format` and `quality` only when set."""
+    arguments: dict[str, Any] = {"model": model, "prompt": options.prompt, "n": options.n, "size": options.size}
+    if options.response_format:
+        arguments["response_format"] = options.response_format
     if options.quality:
         arguments["quality"] = options.quality
     if options.extra_body:
         arguments["extra_body"] = options.extra_body
+    return arguments
+
+
+def _b64_size(text: str) -> int:
+    """Decoded length from the base64 length, without decoding (that would hold up the event loop)."""
+    return len(text) * 3 // 4 - (len(text) - len(text.rstrip("=")))
+
+
+def answer_shape(data: list[Any]) -> tuple[str | None, int | None]:
+    """What the answer carried ("b64_json", "url", "mixed") and its image bytes, whatever we asked for."""
+    kinds = {"b64_json" if item.b64_json else "url" if item.url else "none" for item in data}
+    if not kinds:
+        return None, None
+    if kinds != {"b64_json"}:
+        return (kinds.pop() if len(kinds) == 1 else "mixed"), None
+    return "b64_json", sum(_b64_size(item.b64_json) for item in data)
+
+
+def redact(text: str, api_key: str) -> str:
+    """Error bodies may echo the key (OpenAI's 401 does); it must not reach the report."""
+    return text.replace(api_key, "***") if api_key and api_key != NO_KEY else text
+
+
+async def _one_request(client: Any, target: Target, options: BenchOptions, prices: PriceTable, index: int,
+                       began: float) -> RequestRecord:
+    import openai
+
     started = time.perf_counter()
     try:
-        response = await client.images.generate(**arguments)
+        response = await client.images.generate(**request_arguments(target.model, options))
     except openai.APIStatusError as exc:
         return RequestRecord(target.label, index, started - began, time.perf_counter() - started, False,
-                             error=f"HTTP {exc.status_code}: {_error_message(exc)}")
+                             error=f"HTTP {exc.status_code}: {_error_message(exc, target.api_key)}")
     except openai.APIError as exc:
         return RequestRecord(target.label, index, started - began, time.perf_counter() - started, False,
-                             error=f"{type(exc).__name__}: {exc}")
+                             error=redact(f"{type(exc).__name__}: {exc}", target.api_key))
     latency = time.perf_counter() - started
     perf = dict((response.model_extra or {}).get("perf") or {})
-    images = len(response.data or [])
+    data = response.data or []
+    returned, image_bytes = answer_shape(data)
     if isinstance(perf.get("cost_usd"), int | float):
         cost, source = float(perf["cost_usd"]), "perf"
     else:
-        cost, source = prices.cost(target.model, images, options.size, options.quality)
-    return RequestRecord(target.label, index, started - began, latency, True, images, cost, source, perf=perf)
+        cost, source = prices.cost(target.model, len(data), options.size, options.quality)
+    return RequestRecord(target.label, index, started - began, latency, True, len(data), cost, source, perf=perf,
+                         returned=returned, image_bytes=image_bytes)
 
 
-def _error_message(exc: Any) -> str:
+def _error_message(exc: Any, api_key: str) -> str:
+    """The body's message, redacted before it is cut short so no part of the key is left."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         error = body.get("error", body)
         if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])[:300]
-    return str(exc)[:300]
+            return redact(str(error["message"]), api_key)[:300]
+    return redact(str(exc), api_key)[:300]
 
 
 async def run_target(target: Target, options: BenchOptions, prices: PriceTable) -> tuple[list[RequestRecord], float]:
@@ -185,6 +220,8 @@ def summarize(records: list[RequestRecord], wall_s: float) -> dict[str, Any]:
     costs = [record.cost_usd for record in ok if record.cost_usd is not None]
     known_cost = bool(ok) and len(costs) == len(ok)
     total_cost = sum(costs) if known_cost else None
+    with_bytes = [record for record in ok if record.image_bytes is not None and record.images]
+    byte_images = sum(record.images for record in with_bytes)
     return {
         "requests": len(records),
         "ok": len(ok),
@@ -198,6 +235,9 @@ def summarize(records: list[RequestRecord], wall_s: float) -> dict[str, Any]:
         "cost_usd_total": total_cost,
         "cost_usd_per_image": total_cost / images if total_cost is not None and images else None,
         "cost_sources": sorted({record.cost_source for record in ok if record.cost_source}),
+        "returned": sorted({record.returned for record in ok if record.returned}),
+        "image_bytes_per_image": (sum(record.image_bytes or 0 for record in with_bytes) / byte_images
+                                  if byte_images else None),
         "first_error": next((record.error for record in records if not record.ok), None),
     }
 
@@ -208,7 +248,7 @@ def _fmt(value: float | None, pattern: str) -> str:
 
 def markdown_table(results: list[dict[str, Any]], options: BenchOptions) -> str:
     lines = [
-        f"# imageserve bench: {options.size}, n={options.n}, {options.response_format}, "
+        f"# imageserve bench: {options.size}, n={options.n}, {options.response_format or 'no response_format'}, "
         f"concurrency {options.concurrency}, {options.requests} requests per target",
         "",
         "| target | ok/requests | p50 latency (s) | p95 latency (s) | images/s | cost per image (USD) |",
@@ -269,9 +309,11 @@ def build_targets(models: list[str], base_urls: list[str], api_keys: list[str]) 
 
     Endpoints are the `--base-url`s, then pinned URLs, in order of first appearance. Keys pair with them
     in that order; one key (or $OPENAI_API_KEY) only serves when there is one endpoint, so a hosted
-    vendor's key is never sent to another server.
+    vendor's key is never sent to another server: which endpoint a lone key belongs to cannot be told.
     """
     pinned = [model.partition("@") for model in models]
+    if any(not name for name, _, _ in pinned):
+        raise ValueError("--model needs a model id (MODEL or MODEL@URL)")
     if not base_urls and any(not url for _, _, url in pinned):
         base_urls = [DEFAULT_BASE_URL]
     endpoints: list[str] = []
@@ -281,9 +323,10 @@ def build_targets(models: list[str], base_urls: list[str], api_keys: list[str]) 
     if len(api_keys) == len(endpoints):
         keys = dict(zip(endpoints, api_keys, strict=True))
     elif len(endpoints) == 1 and len(api_keys) <= 1:
-        keys = {endpoints[0]: api_keys[0] if api_keys else (os.environ.get("OPENAI_API_KEY") or "none")}
+        keys = {endpoints[0]: api_keys[0] if api_keys else (os.environ.get("OPENAI_API_KEY") or NO_KEY)}
     else:
-        raise ValueError(f"give one --api-key per endpoint, in this order: {', '.join(endpoints)}")
+        raise ValueError(f"give one --api-key per endpoint ({len(endpoints)}, not {len(api_keys)}; a single key "
+                         f"only serves one endpoint), in this order: {', '.join(endpoints)}")
     targets: list[Target] = []
     for name, _, url in pinned:
         for endpoint in [url.rstrip("/")] if url else [u.rstrip("/") for u in base_urls]:
@@ -300,6 +343,28 @@ def _price_flags(values: list[str]) -> dict[str, float]:
         except ValueError:
             raise ValueError(f"--price takes MODEL=USD_PER_IMAGE, not {value!r}") from None
     return prices
+
+
+def _extra_body(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ValueError(f"--extra-body takes a JSON object, not {text!r}")
+    return body
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad numbers up front, naming the option."""
+    for option, value, least in (("--n", args.n, 1), ("--concurrency", args.concurrency, 1),
+                                 ("--requests", args.requests, 1), ("--warmup", args.warmup, 0)):
+        if value < least:
+            raise ValueError(f"{option} must be at least {least}, not {value}")
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout must be more than 0 seconds, not {args.timeout}")
 
 
 async def run_bench(targets: list[Target], options: BenchOptions, prices: PriceTable, out: Path) -> dict[str, Any]:
@@ -330,16 +395,16 @@ async def run_bench(targets: list[Target], options: BenchOptions, prices: PriceT
 
 def cmd_bench(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.WARNING)  # per-request HTTP logs would garble the progress bar
-    if args.n < 1 or args.concurrency < 1 or args.requests < 1 or args.warmup < 0:
-        print("error: --n, --concurrency and --requests must be at least 1", file=sys.stderr)
-        return 2
+    check_args(args)  # errors are ValueErrors: the CLI prints them and exits 2
     targets = build_targets(args.model, args.base_url or [], args.api_key or [])
     options = BenchOptions(size=args.size, n=args.n, concurrency=args.concurrency, requests=args.requests,
-                           warmup=args.warmup, response_format=args.response_format, prompt=args.prompt,
-                           quality=args.quality, extra_body=json.loads(args.extra_body) if args.extra_body else {},
-                           timeout_s=args.timeout, progress=not args.no_progress)
+                           warmup=args.warmup, prompt=args.prompt, quality=args.quality or None,
+                           response_format=None if args.response_format == "none" else args.response_format,
+                           extra_body=_extra_body(args.extra_body), timeout_s=args.timeout,
+                           progress=not args.no_progress)
+    prices = PriceTable(_price_flags(args.price or []))
     out = args.out or Path("bench-results") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    report = asyncio.run(run_bench(targets, options, PriceTable(_price_flags(args.price or [])), out))
+    report = asyncio.run(run_bench(targets, options, prices, out))
     return 0 if all(result["summary"]["ok"] for result in report["targets"]) else 1
 
 
@@ -357,9 +422,14 @@ def add_bench_command(commands: Any) -> None:
     bench.add_argument("--requests", type=int, default=16, help="requests per target")
     bench.add_argument("--warmup", type=int, default=0, help="unrecorded requests first (e.g. to load a model)")
     bench.add_argument("--api-key", action="append",
-                       help="once for all endpoints or once per --base-url (default: $OPENAI_API_KEY)")
-    bench.add_argument("--response-format", choices=("b64_json", "url"), default="b64_json")
-    bench.add_argument("--quality", choices=("standard", "hd"), default=None)
+                       help="once per endpoint, in order: the --base-urls, then MODEL@URL endpoints; a single "
+                       "key (default: $OPENAI_API_KEY) only when there is one endpoint, so a key never "
+                       "reaches another server")
+    bench.add_argument("--response-format", choices=("b64_json", "url", "none"), default="b64_json",
+                       help="none: not sent (GPT image models refuse it); the endpoint's default answers")
+    bench.add_argument("--quality", default=None,
+                       help="sent as given, e.g. standard/hd (DALL-E 3) or low/medium/high/auto (GPT image "
+                       "models); default: not sent")
     bench.add_argument("--prompt", default=DEFAULT_PROMPT)
     bench.add_argument("--extra-body", default=None, help='JSON merged into the body, e.g. \'{"seed": 1}\'')
     bench.add_argument("--price", action="append", metavar="MODEL=USD",

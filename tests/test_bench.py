@@ -2,17 +2,50 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from openai.types import Image
 
-from server.bench import PriceTable, RequestRecord, build_targets, percentile, summarize
+from server.bench import (
+    BenchOptions,
+    PriceTable,
+    RequestRecord,
+    answer_shape,
+    build_targets,
+    percentile,
+    request_arguments,
+    summarize,
+)
 from server.cli import main
+from tests.emulators.common import EmulatorServer, png
+from tests.emulators.openai_api import OpenAIEmulator
 from tests.server_harness import running_server
 
 SIM = {"kind": "simulated", "time_scale": 0.002, "default_steps": 4, "custom_sizes": True, "price_usd": 0.003}
+OPENAI_KEY = "sk-bench-test-SECRET-4f9a21"
+
+
+@pytest.fixture(scope="module")
+def _openai_server() -> Iterator[OpenAIEmulator]:
+    with EmulatorServer(OpenAIEmulator(OPENAI_KEY)) as running:
+        yield running  # type: ignore[misc]
+
+
+@pytest.fixture
+def openai_api(_openai_server: OpenAIEmulator) -> OpenAIEmulator:
+    """The loopback OpenAI Images emulator (it checks parameters per model family as OpenAI does)."""
+    _openai_server.reset()
+    return _openai_server
+
+
+def bench(emu: OpenAIEmulator, out: Path, *flags: str, key: str = OPENAI_KEY) -> int:
+    return main(["bench", "--base-url", f"{emu.base_url}/v1", "--api-key", key, "--requests", "2",
+                 "--concurrency", "2", "--out", str(out), "--no-progress", *flags])
 
 
 def test_percentile_and_summary() -> None:
@@ -89,3 +122,111 @@ def test_bench_records_errors_and_exits_nonzero(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert report["targets"][0]["summary"]["errors"] == 2
     assert report["requests"][0]["error"].startswith("HTTP 400")
+
+
+def test_request_arguments_send_response_format_and_quality_only_when_set() -> None:
+    base = {"model": "m", "prompt": "p", "n": 1, "size": "1024x1024"}
+    assert request_arguments("m", BenchOptions(prompt="p")) == {**base, "response_format": "b64_json"}
+    assert request_arguments("m", BenchOptions(prompt="p", response_format=None, quality="medium")) == {
+        **base, "quality": "medium"}
+
+
+def test_answer_shape_counts_decoded_bytes_without_decoding() -> None:
+    images = [Image(b64_json=base64.b64encode(b"x" * size).decode()) for size in (1, 2, 3, 100)]
+    assert answer_shape(images) == ("b64_json", 106)
+    assert answer_shape([Image(url="http://h/a.png")]) == ("url", None)
+    assert answer_shape([Image(url="http://h/a.png"), images[0]]) == ("mixed", None)
+    assert answer_shape([]) == (None, None)
+
+
+def test_gpt_image_models_bench_without_response_format_and_with_their_quality(
+        openai_api: OpenAIEmulator, tmp_path: Path) -> None:
+    # The default still sends response_format, which GPT image models refuse.
+    assert bench(openai_api, tmp_path / "refused", "--model", "gpt-image-1") == 1
+    refused = json.loads((tmp_path / "refused" / "bench.json").read_text())
+    assert "Unknown parameter: 'response_format'" in refused["targets"][0]["summary"]["first_error"]
+    openai_api.reset()
+
+    code = bench(openai_api, tmp_path / "out", "--model", "gpt-image-1", "--response-format", "none",
+                 "--quality", "low", "--price", "gpt-image-1=0.011")
+    assert code == 0
+    bodies = [call.body for call in openai_api.calls("generate")]
+    assert len(bodies) == 2 and all("response_format" not in b and b["quality"] == "low" for b in bodies)
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert report["options"]["response_format"] is None
+    for record in report["requests"]:  # base64 came back unasked: counted all the same
+        assert record["ok"] and record["images"] == 1 and record["latency_s"] > 0
+        assert record["returned"] == "b64_json" and record["image_bytes"] == len(png(1024, 1024))
+    summary = report["targets"][0]["summary"]
+    assert summary["returned"] == ["b64_json"] and summary["image_bytes_per_image"] == len(png(1024, 1024))
+    assert summary["cost_usd_per_image"] == pytest.approx(0.011) and summary["cost_sources"] == ["flag"]
+    assert "no response_format" in (tmp_path / "out" / "bench.md").read_text()
+
+
+@pytest.mark.parametrize(("flags", "sent", "returned"), [
+    ((), {"response_format": "b64_json"}, "b64_json"),  # the default body is what it always was
+    (("--response-format", "url"), {"response_format": "url"}, "url"),
+    (("--response-format", "none"), {}, "url"),  # DALL-E's own default is url
+])
+def test_dall_e_bodies_and_what_came_back(openai_api: OpenAIEmulator, tmp_path: Path, flags: tuple[str, ...],
+                                          sent: dict[str, str], returned: str) -> None:
+    assert bench(openai_api, tmp_path, "--model", "dall-e-2", *flags) == 0
+    body = openai_api.calls("generate")[0].body
+    assert {k: v for k, v in body.items() if k != "prompt"} == {"model": "dall-e-2", "n": 1, "size": "1024x1024",
+                                                                **sent}
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert {r["returned"] for r in report["requests"]} == {returned}
+    expected_bytes = len(png(1024, 1024)) if returned == "b64_json" else None
+    assert report["targets"][0]["summary"]["image_bytes_per_image"] == expected_bytes
+
+
+def test_quality_is_passed_through(openai_api: OpenAIEmulator, tmp_path: Path) -> None:
+    assert bench(openai_api, tmp_path, "--model", "dall-e-3", "--quality", "hd") == 0
+    assert openai_api.calls("generate")[0].body["quality"] == "hd"
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["targets"][0]["summary"]["cost_usd_per_image"] == pytest.approx(0.08)  # the table's hd price
+
+
+def test_the_key_is_never_printed_or_written(openai_api: OpenAIEmulator, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    wrong = "sk-wrong-SECRET-0000aaaa"  # OpenAI's 401 message echoes the key it was given
+    assert bench(openai_api, tmp_path / "bad", "--model", "dall-e-2", key=wrong) == 1
+    assert bench(openai_api, tmp_path / "good", "--model", "dall-e-2") == 0
+    assert openai_api.calls("generate")[0].headers["authorization"] == f"Bearer {wrong}"
+    printed = capsys.readouterr()
+    written = [path.read_text() for path in (tmp_path / "bad").glob("bench.*") if path.suffix != ".png"]
+    written += [path.read_text() for path in (tmp_path / "good").glob("bench.*") if path.suffix != ".png"]
+    assert len(written) == 4
+    for text in [printed.out, printed.err, *written]:
+        assert wrong not in text and OPENAI_KEY not in text
+    assert "Incorrect API key provided: ***" in (tmp_path / "bad" / "bench.md").read_text()
+    assert OPENAI_KEY not in repr(build_targets(["m"], [], [OPENAI_KEY]))
+
+
+@pytest.mark.parametrize(("flags", "option"), [
+    (("--n", "0"), "--n"),
+    (("--concurrency", "0"), "--concurrency"),
+    (("--requests", "0"), "--requests"),
+    (("--warmup", "-1"), "--warmup"),
+    (("--timeout", "0"), "--timeout"),
+    (("--extra-body", "{not json"), "--extra-body"),
+    (("--extra-body", "[1]"), "--extra-body"),
+    (("--price", "m"), "--price"),
+    (("--base-url", "http://h1/v1", "--base-url", "http://h2/v1", "--api-key", "k"), "--api-key"),
+    (("--model", "@http://h1/v1"), "--model"),
+])
+def test_every_cli_error_names_its_option(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                          flags: tuple[str, ...], option: str) -> None:
+    assert main(["bench", "--model", "m", "--out", str(tmp_path), "--no-progress", *flags]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and option in error
+    assert not list(tmp_path.iterdir())  # refused before any request
+
+
+def test_api_key_help_matches_behaviour(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "once for all endpoints" not in text
+    assert "a single key (default: $OPENAI_API_KEY) only when there is one endpoint" in text
+    assert "low/medium/high/auto" in text and "{b64_json,url,none}" in text
