@@ -145,9 +145,9 @@ def add_compute_rates(rows: list[dict[str, Any]], flops: dict[tuple[str, int], C
     """TFLOP per call (counted on the meta device) and the TFLOP/s each timed row achieved."""
     for row in rows:
         call_tflop = flops[row["model"], row["batch"]].call_tflop
-        row["tflop_per_call"] = round(call_tflop, 3)
+        row["tflop_per_call"] = call_tflop
         if "mean_s" in row:
-            row["achieved_tflops"] = round(call_tflop / row["mean_s"], 2)
+            row["achieved_tflops"] = call_tflop / row["mean_s"]
 
 
 def machine_info(placement: Placement) -> dict[str, Any]:
@@ -169,6 +169,10 @@ def machine_info(placement: Placement) -> dict[str, Any]:
     else:
         info["gpu"] = None
     return info
+
+
+def _tflops(row: dict[str, Any]) -> str:
+    return f"{row['achieved_tflops']:.1f}" if "achieved_tflops" in row else "-"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -197,7 +201,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         speedup = f"{base / row['s_per_image']:.2f}x" if base else "-"
         lines.append(f"| {row['model']} | {row['config']} | {row['batch']} | {row['mean_s']:.3f} | "
                      f"{row['s_per_image']:.3f} | {row['images_per_s']:.3f} | {speedup} | "
-                     f"{row.get('achieved_tflops', '-')} | {row.get('peak_memory_gib', '-')} | {notes} |")
+                     f"{_tflops(row)} | {row.get('peak_memory_gib', '-')} | {notes} |")
     floors = {(row["model"], row["batch"]): row["tflop_per_call"] for row in report["results"]
               if "tflop_per_call" in row}
     lines += ["", "TFLOP/s: the call's FLOPs (counted on the meta device by `benchmarks/compute_floor.py`, text "

@@ -121,6 +121,7 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
                 await preload()
             except ApiError as exc:
                 logger.error("preload of %s failed: %s", model_id, exc.message)
+        _warn_about_warmup_without_preload(settings, backends)
         sweeper = asyncio.create_task(_sweep_expired(store, settings.cleanup_interval_seconds))
         releaser = asyncio.create_task(ledger.release_stale_forever(settings.stale_reservation_seconds))
         try:
@@ -263,6 +264,16 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
 
 def _render_json(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _warn_about_warmup_without_preload(settings: Settings, backends: dict[str, Any]) -> None:
+    """Warm-up runs when a model loads; unless it is preloaded, that is at its first request, which waits."""
+    for model_id, backend in backends.items():
+        if getattr(backend, "preload", None) is None or model_id in settings.preload:
+            continue
+        if settings.model_settings(model_id).warmup_sizes:
+            logger.warning("model %s has warmup_sizes but is not in IMAGESERVE_PRELOAD: its first request will "
+                           "wait for the load and the warm-up", model_id)
 
 
 async def _sweep_expired(store: ImageStore, interval: float) -> None:

@@ -50,7 +50,8 @@ def test_markdown_shows_speed_ups_errors_and_switched_off_options(bench: ModuleT
         "settings": {"size": 1024, "steps": 28, "dtype": "bf16", "repeats": 3},
         "results": [
             {**row, "config": "eager", "mean_s": 6.6, "s_per_image": 6.6, "images_per_s": 0.152},
-            {**row, "config": "compile", "mean_s": 4.4, "s_per_image": 4.4, "images_per_s": 0.227},
+            {**row, "config": "compile", "mean_s": 4.4, "s_per_image": 4.4, "images_per_s": 0.227,
+             "tflop_per_call": 2093.2, "achieved_tflops": 475.73},
             {**row, "config": "compile-fp8", "switched_off": {"quantize": "fp8 needs torchao"}, "mean_s": 4.4,
              "s_per_image": 4.4, "images_per_s": 0.227},
             {**row, "config": "eager", "batch": 4, "error": "out of memory", "peak_memory_gib": 79.1},
@@ -58,7 +59,8 @@ def test_markdown_shows_speed_ups_errors_and_switched_off_options(bench: ModuleT
     }
     markdown = bench.to_markdown(report)
     assert "# GPU benchmark: NVIDIA H100 80GB HBM3" in markdown
-    assert "| flux-dev | compile | 1 | 4.400 | 4.400 | 0.227 | 1.50x |" in markdown
+    assert "| flux-dev | compile | 1 | 4.400 | 4.400 | 0.227 | 1.50x | 475.7 |" in markdown
+    assert "Compute floor per call at 800 TFLOP/s: flux-dev batch 1 2.62 s." in markdown
     assert "quantize off: fp8 needs torchao" in markdown
     assert "out of memory" in markdown and "compute capability 9.0" in markdown
 

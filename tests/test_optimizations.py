@@ -470,3 +470,28 @@ async def test_device_time_excludes_waiting_for_a_shared_device(model_cache: Pat
         assert 0 < result.device_seconds <= waited_and_ran - held_s + 0.25
     finally:
         runner.close()
+
+
+def test_warm_up_without_preload_is_warned_about_at_start(tmp_path: Path, model_cache: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="server.app")
+    models = {"tiny-flux": {"warmup_sizes": ["256x256"]}, "tiny-sd3": {"warmup_sizes": ["256x256"]}}
+    with running_server(data_dir=tmp_path, model_cache=model_cache, models=models, preload=["tiny-sd3"]):
+        pass
+    warnings = [record.getMessage() for record in caplog.records if "warmup_sizes" in record.getMessage()]
+    assert warnings == ["model tiny-flux has warmup_sizes but is not in IMAGESERVE_PRELOAD: its first request "
+                        "will wait for the load and the warm-up"]
+
+
+@pytest.mark.slow
+async def test_fp8_goes_through_the_real_torchao_which_refuses_this_cpu(model_cache: Path) -> None:
+    """The torchao calls are the real ones (`make test` installs the `gpu` extra): on a CPU torchao's own
+    hardware check refuses, and the model loads with fp8 switched off, logged, rather than failing."""
+    pytest.importorskip("torchao", reason="the `gpu` extra (torchao) is not installed")
+    pipe = await _loaded_pipeline(model_cache, "tiny-flux")
+    plan = OptimizationPlan(OptimizationOptions(compile="regional", quantize="fp8"), {})  # as on an H100
+    result = apply_optimizations(pipe, plan, CPU)
+    assert "quantize" not in result.applied
+    assert result.switched_off["quantize"].startswith("torchao could not quantize to fp8: AssertionError: ")
+    assert "compute capability" in result.switched_off["quantize"]
+    assert all(type(module.weight) is torch.nn.Parameter for module in pipe.transformer.modules()
+               if isinstance(module, torch.nn.Linear))
