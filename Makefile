@@ -8,6 +8,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+# The torchao release the tests run against (the gpu extra, fp8); Dockerfile.cuda pins the same.
+TORCHAO ?= torchao==0.18.0
 TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -28,7 +30,7 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
-	$(PIP) install --quiet -e '.[test,bench,gpu]'
+	$(PIP) install --quiet -e '.[test,bench,gpu]' "$(TORCHAO)"
 	touch $@
 
 install: $(VENV)/.installed

@@ -91,13 +91,19 @@ def time_config(arch: Architecture, config: str, placement: Placement, *, tiny: 
     import torch
 
     base = {"model": arch.name, "config": config}
+    pipe = None
     try:
         pipe = build_pipeline(arch, placement, tiny)
         applied = apply_optimizations(pipe, plan_optimizations(CONFIGS[config], placement), placement)
     except Exception as exc:
         logger.exception("%s %s: building or optimizing the pipeline failed", arch.name, config)
+        failure = _failure(exc)
+    else:
+        failure = None
+    if failure:  # freed here, once the traceback (and the tensors its frames hold) is gone
+        del pipe
         free_device_memory(placement.device)
-        return [{**base, "batch": batch, "applied": {}, "switched_off": {}, "error": _failure(exc)}
+        return [{**base, "batch": batch, "applied": {}, "switched_off": {}, "error": failure}
                 for batch in batch_sizes]
     rows = []
     for batch in batch_sizes:
@@ -124,7 +130,8 @@ def time_config(arch: Architecture, config: str, placement: Placement, *, tiny: 
             row["error"] = _failure(exc)
             logger.warning("%s %s batch %d: %s", arch.name, config, batch, row["error"],
                            exc_info=not is_out_of_memory(exc))
-            free_device_memory(placement.device)
+        if "error" in row:
+            free_device_memory(placement.device)  # after the except block: its traceback held the tensors
         else:
             mean = statistics.fmean(runs)
             row.update(runs_s=[round(run, 4) for run in runs], mean_s=round(mean, 4), min_s=round(min(runs), 4),

@@ -24,6 +24,8 @@ from pipelines.optimizations import (
     apply_optimizations,
     is_compile_failure,
     plan_optimizations,
+    restore_compile,
+    suspend_compile,
     warm_up,
 )
 from pipelines.scheduler import BatchKey, BatchScheduler, DeviceOutOfMemory, ImageJobSpec, TimedOutputs
@@ -76,6 +78,7 @@ class DiffusersRunner:
         self._model_settings = settings.model_settings(spec.id)
         self._options = OptimizationOptions.from_settings(self._model_settings)
         self.optimizations: AppliedOptimizations | None = None  # set once loaded; shown by /v1/models
+        self._last_call_s = 0.0  # device time of the latest pipeline call, failed or not
 
     async def load(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._load_sync)
@@ -146,25 +149,39 @@ class DiffusersRunner:
         return arguments
 
     def _call_pipeline(self, key: BatchKey, specs: list[ImageJobSpec]) -> TimedOutputs:
-        """One pipeline call, timed from when this model has the device (not while it waits for the lock)."""
+        """One pipeline call, timed from when this model has the device (not while it waits for the lock).
+        The time is kept in `_last_call_s` even when the call fails."""
         assert self.optimizations is not None
         with device_lock(self.placement.device):
             started = time.perf_counter()
-            with self.optimizations.call_context():
-                images = list(self._pipe(**self._call_arguments(key, specs)).images)
-            return TimedOutputs(images, time.perf_counter() - started)
+            try:
+                with self.optimizations.call_context():
+                    images = list(self._pipe(**self._call_arguments(key, specs)).images)
+            finally:
+                self._last_call_s = time.perf_counter() - started
+        return TimedOutputs(images, self._last_call_s)
 
     def _generate(self, key: BatchKey, specs: list[ImageJobSpec]) -> TimedOutputs:
-        """A call; if torch.compile fails on it, compile is switched off for good and the call runs eagerly."""
+        """A call. If it fails inside torch.compile, it is retried eagerly: when that works the failure was the
+        compiler's and compile stays off; when it fails too, the error is the call's and compile stays on."""
         assert self.optimizations is not None
         try:
             return self._call_pipeline(key, specs)
         except Exception as exc:
-            if "compile" not in self.optimizations.applied or not is_compile_failure(exc):
+            if "compile" not in self.optimizations.applied or is_out_of_memory(exc) or not is_compile_failure(exc):
                 raise
-            logger.exception("model %s: torch.compile failed; switching compile off", self._spec.id)
-            self.optimizations.fall_back_to_eager(self._pipe.transformer, exc)
-        return self._call_pipeline(key, specs)
+            logger.warning("model %s: a compiled call failed; retrying it eagerly", self._spec.id, exc_info=True)
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            reason = f"{type(exc).__name__}: {first_line}"
+        failed_s = self._last_call_s
+        compiled = suspend_compile(self._pipe.transformer)
+        try:
+            result = self._call_pipeline(key, specs)
+        except Exception:
+            restore_compile(compiled)
+            raise
+        self.optimizations.compile_failed(reason)
+        return TimedOutputs(result.outputs, failed_s + result.device_seconds)
 
     def _run_sync(self, key: BatchKey, specs: list[ImageJobSpec]) -> TimedOutputs:
         self._load_sync()

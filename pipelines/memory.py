@@ -13,13 +13,24 @@ from typing import Any
 OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
 
 
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """The exception and what caused it (`raise ... from`, or raised while handling), outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """`torch.OutOfMemoryError`, or one of the RuntimeErrors CUDA libraries raise when an allocation fails."""
+    """`torch.OutOfMemoryError`, or one of the RuntimeErrors CUDA libraries raise when an allocation fails,
+    also when wrapped by another error (torch.compile wraps what happens while it compiles)."""
     import torch
 
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in OOM_MARKERS)
+    return any(isinstance(error, torch.OutOfMemoryError)
+               or (isinstance(error, RuntimeError) and any(marker in str(error) for marker in OOM_MARKERS))
+               for error in exception_chain(exc))
 
 
 def free_device_memory(device: str) -> None:

@@ -79,7 +79,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from pipelines.memory import free_device_memory, is_out_of_memory
+from pipelines.memory import exception_chain, free_device_memory, is_out_of_memory
 
 if TYPE_CHECKING:
     from pipelines.device import Placement
@@ -288,13 +288,12 @@ class AppliedOptimizations:
         with sdpa_kernel([chosen, *(getattr(SDPBackend, name) for name in fallbacks)], set_priority=True):
             yield
 
-    def fall_back_to_eager(self, transformer: Any, exc: BaseException) -> None:
-        """Compiling failed (see `is_compile_failure`): undo it for good, so this and later calls run eagerly."""
-        for module in transformer.modules():
-            module._compiled_call_impl = None  # what nn.Module.compile set: on the transformer, or on each block
+    def compile_failed(self, reason: str) -> None:
+        """Compiling failed and the eager retry worked: compile stays off (see `suspend_compile`)."""
         self.applied.pop("compile", None)
-        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-        self.switch_off("compile", f"compiling failed, running eager: {type(exc).__name__}: {first_line}")
+        if "quantize" in self.applied:
+            reason += "; fp8 stays, now eager (slower than bf16 eager)"
+        self.switch_off("compile", f"compiling failed, running eager: {reason}")
 
     def as_dict(self) -> dict[str, Any]:
         return {"applied": dict(self.applied), "switched_off": dict(self.switched_off), "warmup": list(self.warmup)}
@@ -416,15 +415,28 @@ def _quantize_fp8(transformer: Any) -> None:
 
 def is_compile_failure(exc: BaseException) -> bool:
     """Raised by torch.compile's machinery (Dynamo tracing, Inductor code generation, the C++ or Triton build),
-    directly or as the cause of another error; such a failure is the compiler's, not the request's."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if type(current).__module__.startswith(("torch._dynamo", "torch._inductor")):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    directly or as the cause of another error. Dynamo also wraps errors of the model code it traces, so this
+    only says the compiler was involved: the caller retries eagerly to find out whose failure it was."""
+    return any(type(error).__module__.startswith(("torch._dynamo", "torch._inductor"))
+               for error in exception_chain(exc))
+
+
+def suspend_compile(transformer: Any) -> list[tuple[Any, Any]]:
+    """Make the transformer run eagerly; returns what `restore_compile` needs to undo that.
+
+    `nn.Module.compile` (the transformer's, or each block's for regional compile) keeps the compiled call in
+    `_compiled_call_impl`; with it cleared the module calls its plain forward.
+    """
+    saved = [(module, module._compiled_call_impl) for module in transformer.modules()
+             if getattr(module, "_compiled_call_impl", None) is not None]
+    for module, _ in saved:
+        module._compiled_call_impl = None
+    return saved
+
+
+def restore_compile(saved: list[tuple[Any, Any]]) -> None:
+    for module, compiled in saved:
+        module._compiled_call_impl = compiled
 
 
 # -- warm-up --------------------------------------------------------------------------------------

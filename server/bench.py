@@ -39,11 +39,20 @@ NO_KEY = "none"  # what the client sends when no key is given; not a secret
 class Target:
     base_url: str
     model: str
-    api_key: str = field(repr=False)
+    api_key: str
+
+    def __repr__(self) -> str:  # neither the key nor credentials in the URL
+        return f"Target(base_url={self.shown_url!r}, model={self.model!r})"
+
+    @property
+    def shown_url(self) -> str:
+        """The URL for reports: without any `user:password@` it may carry."""
+        parts = urlsplit(self.base_url)
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
     @property
     def label(self) -> str:
-        return f"{self.model} @ {urlsplit(self.base_url).netloc or self.base_url}"
+        return f"{self.model} @ {urlsplit(self.shown_url).netloc or self.shown_url}"
 
 
 @dataclass
@@ -373,7 +382,7 @@ async def run_bench(targets: list[Target], options: BenchOptions, prices: PriceT
     for target in targets:
         records, wall = await run_target(target, options, prices)
         all_records += records
-        results.append({"label": target.label, "base_url": target.base_url, "model": target.model,
+        results.append({"label": target.label, "base_url": target.shown_url, "model": target.model,
                         "summary": summarize(records, wall)})
     out.mkdir(parents=True, exist_ok=True)
     report = {

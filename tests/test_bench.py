@@ -81,6 +81,13 @@ def test_keys_pair_with_pinned_endpoints_and_one_key_never_goes_to_two_hosts(mon
     assert build_targets(["a", "b"], [], [])[0].api_key == "sk-env"  # one endpoint: the default one
 
 
+def test_credentials_in_a_url_are_left_out_of_labels_and_reports() -> None:
+    [target] = build_targets(["m@https://user:s3cret@proxy.example:8443/v1"], [], ["k"])
+    assert target.base_url == "https://user:s3cret@proxy.example:8443/v1"  # the client still gets them
+    assert target.shown_url == "https://proxy.example:8443/v1"
+    assert target.label == "m @ proxy.example:8443" and "s3cret" not in repr(target)
+
+
 def test_price_table_flag_then_registry() -> None:
     prices = PriceTable({"mine": 0.5})
     assert prices.cost("mine", 2, "1024x1024", None) == (1.0, "flag")

@@ -22,9 +22,11 @@ def test_copied_paths_exist() -> None:
             assert (ROOT / source).exists(), source
 
 
-def test_torch_pin_matches_the_makefile_and_the_extras_exist() -> None:
-    makefile_pin = re.search(r"^TORCH \?= torch==(\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
-    assert makefile_pin and _arg("TORCH_VERSION") == makefile_pin.group(1)
+def test_torch_and_torchao_pins_match_the_makefile_and_the_extras_exist() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    for variable, package, arg in (("TORCH", "torch", "TORCH_VERSION"), ("TORCHAO", "torchao", "TORCHAO_VERSION")):
+        pin = re.search(rf"^{variable} \?= {package}==(\S+)$", makefile, re.MULTILINE)
+        assert pin and _arg(arg) == pin.group(1), variable
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert set(_arg("EXTRAS").split(",")) <= set(extras)
 

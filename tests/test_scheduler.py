@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from pipelines.scheduler import BatchKey, BatchScheduler, DeviceOutOfMemory, ImageJobSpec
+from pipelines.scheduler import BatchKey, BatchScheduler, DeviceOutOfMemory, ImageJobSpec, TimedOutputs
 from server.errors import GenerationFailed, InsufficientResources, ServerOverloaded
 
 KEY = BatchKey("m", 256, 256, 4, 3.5, 512)
@@ -16,17 +16,20 @@ OTHER_STEPS = BatchKey("m", 256, 256, 8, 3.5, 512)
 
 
 class FakeRunner:
-    """Records every batch; can be held on a gate, fail, or run out of memory above a size."""
+    """Records every batch; can be held on a gate, fail, run out of memory above a size, or report its own
+    device time per image (`device_s_per_image`, as TimedOutputs)."""
 
-    def __init__(self, *, fail: bool = False, oom_above: int | None = None, wrong_count: bool = False):
+    def __init__(self, *, fail: bool = False, oom_above: int | None = None, wrong_count: bool = False,
+                 device_s_per_image: float | None = None):
         self.batches: list[tuple[BatchKey, list[ImageJobSpec]]] = []
         self.gate: asyncio.Event | None = None
         self.started = asyncio.Event()
         self.fail = fail
         self.oom_above = oom_above
         self.wrong_count = wrong_count
+        self.device_s_per_image = device_s_per_image
 
-    async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> list[str]:
+    async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> list[str] | TimedOutputs:
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
@@ -36,7 +39,10 @@ class FakeRunner:
         if self.fail:
             raise RuntimeError("boom")
         outputs = [f"{spec.prompt}@{spec.seed}" for spec in specs]
-        return outputs[:-1] if self.wrong_count else outputs
+        outputs = outputs[:-1] if self.wrong_count else outputs
+        if self.device_s_per_image is not None:
+            return TimedOutputs(outputs, self.device_s_per_image * len(specs))
+        return outputs
 
 
 def specs(*prompts: str) -> list[ImageJobSpec]:
@@ -209,4 +215,15 @@ async def test_a_dead_loop_is_restarted_by_the_next_request() -> None:
     scheduler._task.cancel()  # stands in for a bug that ends the loop
     await asyncio.sleep(0)
     assert [r.output for r in await asyncio.wait_for(scheduler.generate(KEY, specs("b")), 10)] == ["b@0"]
+    await scheduler.close()
+
+
+async def test_device_time_reported_by_the_runner_is_used_also_after_a_split() -> None:
+    """A runner that times its own device use (not its wait for a shared GPU) is believed, per batch."""
+    runner = FakeRunner(oom_above=2, device_s_per_image=0.5)
+    scheduler = make(runner, max_wait_s=5.0)
+    results = await scheduler.generate(KEY, specs(*"abcd"))  # 4 does not fit: split into 2 + 2
+    assert [len(batch) for _, batch in runner.batches] == [2, 2]
+    assert [result.device_ms for result in results] == [1000.0] * 4 and [r.batch_size for r in results] == [2] * 4
+    assert scheduler.stats.device_seconds == 2.0 and scheduler.stats.batches == 2
     await scheduler.close()
