@@ -19,14 +19,17 @@ Reference points for FLUX.1-dev, 1024x1024, 28 steps, batch 1, one H100 (publish
 about 6.6 s; torch.compile about 4.2 s; compile + fp8 dynamic quantization + fused QKV about 3.0 s.
 
 No GPU was available when this script was written, so `benchmarks/results/` holds no GPU numbers yet:
-run it on any CUDA machine (`python benchmarks/gpu_benchmark.py`, about 20-30 minutes on an H100 with the
-defaults; FLUX.1-dev needs about 35 GB of GPU memory at batch 4). Without CUDA it exits with code 2.
-`--smoke` runs the same code path on the CPU with tiny widths, a small size and 2 steps, so the test suite
-exercises it anywhere; its numbers mean nothing.
+run it on any CUDA machine (`python benchmarks/gpu_benchmark.py`, an estimated 20-30 minutes on an H100 with
+the defaults; FLUX.1-dev's transformer alone is 22.2 GiB in bf16, the rows record the real peak memory).
+Without CUDA it exits with code 2. `--smoke` runs the same code path on the CPU with tiny widths, a small
+size and 2 steps, so the test suite exercises it anywhere; its numbers mean nothing. `--cpu` runs the
+full-size architectures on the CPU in fp32 (SD3-medium needs about 10 GB of RAM, FLUX.1-dev about 50):
+slow, but it checks the full-size path end to end where there is no GPU; its times are not GPU results.
 
     python benchmarks/gpu_benchmark.py                                  # everything
     python benchmarks/gpu_benchmark.py --models flux-dev --configs eager compile --batch-sizes 1
     python benchmarks/gpu_benchmark.py --smoke --out /tmp/results       # CPU, tiny, seconds
+    python benchmarks/gpu_benchmark.py --cpu --models sd3-medium        # CPU, full size, 256 px, 1 step
 """
 
 from __future__ import annotations
@@ -182,11 +185,17 @@ def _tflops(row: dict[str, Any]) -> str:
     return f"{row['achieved_tflops']:.1f}" if "achieved_tflops" in row else "-"
 
 
+def _cpu_title(report: dict[str, Any]) -> str:
+    if report.get("cpu_full_size"):
+        return "CPU, full-size architectures in fp32 (checks the full-size path; not GPU results)"
+    return "CPU (smoke run: numbers mean nothing)"
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     machine, setup = report["machine"], report["settings"]
     cuda = f", CUDA {machine['cuda']}, compute capability {machine['compute_capability']}" if machine["gpu"] else ""
     lines = [
-        f"# GPU benchmark: {machine.get('gpu') or 'CPU (smoke run: numbers mean nothing)'}",
+        f"# GPU benchmark: {machine.get('gpu') or _cpu_title(report)}",
         "",
         f"Date {report['date']}; torch {machine['torch']}, diffusers {machine['diffusers']}, "
         f"torchao {machine['torchao'] or 'not installed'}{cuda}",
@@ -230,19 +239,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=sorted(ARCHITECTURES), default=list(ARCHITECTURES))
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None,
-                        help="default: all on a GPU, eager with --smoke")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=None, help="default: 1 2 4 (1 2 with --smoke)")
-    parser.add_argument("--size", type=int, default=None, help="square image side; default 1024 (128 with --smoke)")
-    parser.add_argument("--steps", type=int, default=None, help="default 28 (2 with --smoke)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per cell; default 3 (1 with --smoke)")
+                        help="default: all on a GPU, eager with --smoke or --cpu")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                        help="default: 1 2 4 (1 2 with --smoke, 1 with --cpu)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="square side; default 1024 (128 with --smoke, 256 with --cpu)")
+    parser.add_argument("--steps", type=int, default=None, help="default 28 (2 with --smoke, 1 with --cpu)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per cell; default 3 (1 on the CPU)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--smoke", action="store_true", help="CPU, tiny widths: checks the code path, not speed")
+    on_cpu = parser.add_mutually_exclusive_group()
+    on_cpu.add_argument("--smoke", action="store_true", help="CPU, tiny widths: checks the code path, not speed")
+    on_cpu.add_argument("--cpu", action="store_true", help="CPU, full size, fp32: checks the full-size path")
     args = parser.parse_args(argv)
-    args.configs = args.configs or (["eager"] if args.smoke else list(CONFIGS))
-    args.batch_sizes = args.batch_sizes or ([1, 2] if args.smoke else [1, 2, 4])
-    args.size = args.size or (128 if args.smoke else 1024)
-    args.steps = args.steps or (2 if args.smoke else 28)
-    args.repeats = args.repeats or (1 if args.smoke else 3)
+    args.configs = args.configs or (["eager"] if args.smoke or args.cpu else list(CONFIGS))
+    args.batch_sizes = args.batch_sizes or ([1, 2] if args.smoke else [1] if args.cpu else [1, 2, 4])
+    args.size = args.size or (128 if args.smoke else 256 if args.cpu else 1024)
+    args.steps = args.steps or (2 if args.smoke else 1 if args.cpu else 28)
+    args.repeats = args.repeats or (1 if args.smoke or args.cpu else 3)
     if args.size % 16 or min(args.batch_sizes) < 1 or args.repeats < 1:
         parser.error("--size must be a multiple of 16; batch sizes and --repeats at least 1")
     return args
@@ -253,11 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
-    if not args.smoke and not torch.cuda.is_available():
+    on_cpu = args.smoke or args.cpu
+    if not on_cpu and not torch.cuda.is_available():
         print("error: this benchmark needs a CUDA GPU and torch sees none (is the CUDA build of torch installed?). "
-              "Use --smoke to check the code path on the CPU.", file=sys.stderr)
+              "Use --smoke or --cpu to check the code path on the CPU.", file=sys.stderr)
         return 2
-    placement = Placement("cpu", "fp32") if args.smoke else Placement("cuda", "bf16")
+    placement = Placement("cpu", "fp32") if on_cpu else Placement("cuda", "bf16")
     flops = {}  # counted first, on the meta device: seconds, and a broken architecture fails before any timing
     for model in args.models:
         meta_pipe = build_pipeline(ARCHITECTURES[model], META, args.smoke)
@@ -268,13 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "date": now.isoformat(timespec="seconds"),
         "smoke": args.smoke,
+        "cpu_full_size": args.cpu,
         "machine": machine_info(placement),
         "settings": {"size": args.size, "steps": args.steps, "dtype": placement.dtype, "repeats": args.repeats,
                      "batch_sizes": args.batch_sizes, "configs": args.configs, "models": args.models},
         "note": "random weights; text encoders not run: random prompt embeddings of the real shapes",
         "results": [],
     }
-    label = "smoke-cpu" if args.smoke else re.sub(r"[^a-z0-9]+", "-", report["machine"]["gpu"].lower()).strip("-")
+    gpu = report["machine"]["gpu"]
+    label = "smoke-cpu" if args.smoke else "cpu-full-size" if args.cpu else re.sub(r"[^a-z0-9]+", "-", gpu.lower())
     stem = args.out / f"gpu-benchmark-{label}-{now:%Y%m%d-%H%M%S}"
     args.out.mkdir(parents=True, exist_ok=True)
     for model in args.models:

@@ -114,3 +114,10 @@ def test_full_size_sd3_on_the_gpu(bench: ModuleType, tmp_path: Path) -> None:
     [result] = list(tmp_path.glob("gpu-benchmark-*.json"))
     report = json.loads(result.read_text())
     assert report["machine"]["gpu"] and report["results"][0]["peak_memory_gib"] > 3
+
+
+def test_cpu_full_size_defaults_are_small_and_exclusive_with_smoke(bench: ModuleType) -> None:
+    args = bench.parse_args(["--cpu"])
+    assert (args.configs, args.batch_sizes, args.size, args.steps, args.repeats) == (["eager"], [1], 256, 1, 1)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--cpu", "--smoke"])
