@@ -7,7 +7,10 @@ and no traceback ever reaches a client.
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+MAX_RETRY_AFTER_SECONDS = 86_400.0  # a day: the longest wait a quota window asks for
 
 
 class ApiError(Exception):
@@ -31,11 +34,8 @@ class ApiError(Exception):
         self.extra = dict(extra or {})
 
     def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"type": self.type, "message": self.message}
-        if self.param is not None:
-            error["param"] = self.param
-        if self.code is not None:
-            error["code"] = self.code
+        """OpenAI's shape: `param` and `code` are always there, null when they do not apply."""
+        error: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
         error.update(self.extra)
         return {"error": error}
 
@@ -75,6 +75,9 @@ class RateLimitExceeded(ApiError):
     type = "rate_limit_exceeded"
 
     def __init__(self, message: str, *, retry_after: float, should_retry: bool = True, **kw: Any) -> None:
+        if not math.isfinite(retry_after):
+            retry_after = MAX_RETRY_AFTER_SECONDS
+        retry_after = min(retry_after, MAX_RETRY_AFTER_SECONDS)
         seconds = max(1, int(-(-retry_after // 1)))  # whole seconds, rounded up, at least 1
         headers = {"Retry-After": str(seconds), "retry-after-ms": str(max(1, int(retry_after * 1000)))}
         if not should_retry:

@@ -20,7 +20,7 @@ from server.registry import CUSTOM_SIZE_MAX, CUSTOM_SIZE_MIN, CUSTOM_SIZE_MULTIP
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
-_SIZE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
+_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # used with fullmatch: no trailing newline slips through
 
 
 class ImageGenerationBody(BaseModel):
@@ -97,6 +97,8 @@ def parse_body(raw: bytes) -> ImageGenerationBody:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:
         raise InvalidRequest("The request body is nested too deeply.", code="invalid_json") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {_describe(payload)}.")
     try:
@@ -114,7 +116,7 @@ def _parse_size(size: str, spec: ModelSpec) -> tuple[int, int]:
     if spec.custom_sizes:
         allowed += (f", or any WxH with sides multiples of {CUSTOM_SIZE_MULTIPLE} from "
                     f"{CUSTOM_SIZE_MIN} to {CUSTOM_SIZE_MAX}")
-    match = _SIZE.match(size)
+    match = _SIZE.fullmatch(size)
     if match is None:
         raise InvalidRequest(f"Invalid value for 'size': {size!r}. Expected WIDTHxHEIGHT; model '{spec.id}' "
                              f"takes {allowed}.", param="size")
@@ -145,7 +147,7 @@ def to_generation_request(
     body: ImageGenerationBody, registry: ModelRegistry, default_model: str, request_id: str
 ) -> tuple[GenerationRequest, ModelSpec]:
     """Check the body against its model and normalise it into the internal request."""
-    model_id = body.model or default_model
+    model_id = default_model if body.model is None else body.model
     spec = registry.get(model_id)
     if spec is None:
         raise InvalidRequest(f"The model '{model_id}' does not exist. Available models: "

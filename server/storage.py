@@ -108,7 +108,7 @@ class ImageStore:
         if not expires or not signature or not _EXPIRES.match(expires):
             raise _Forbidden("This image link is not signed: `expires` and `sig` are required.")
         expected = self._signature(name, int(expires))
-        if not hmac.compare_digest(expected, signature):
+        if not hmac.compare_digest(expected.encode(), signature.encode()):  # bytes: any text may come in
             raise _Forbidden("This image link's signature is not valid.")
         path = self.directory / name
         if int(expires) < self.clock():

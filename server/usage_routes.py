@@ -41,7 +41,12 @@ def parse_range(params: dict[str, str], today: dt.date) -> tuple[dt.date, dt.dat
             raise InvalidRequest(f"Invalid value for '{name}': {raw!r}. Expected a date as YYYY-MM-DD.",
                                  param=name) from None
     end = dates.get("end", today)
-    start = dates.get("start", end - dt.timedelta(days=DEFAULT_DAYS - 1))
+    if "start" in dates:
+        start = dates["start"]
+    elif end - dt.date.min >= dt.timedelta(days=DEFAULT_DAYS - 1):
+        start = end - dt.timedelta(days=DEFAULT_DAYS - 1)
+    else:  # an end in the first days of year 1: the default range starts where the calendar does
+        start = dt.date.min
     if start > end:
         raise InvalidRequest(f"Invalid value for 'start': {start.isoformat()} is after end {end.isoformat()}.",
                              param="start")

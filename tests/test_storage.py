@@ -42,6 +42,15 @@ def test_odd_expiry_values_are_refused_not_crashed_on(tmp_path: Path, expires: s
     assert refused.value.status == 403
 
 
+@pytest.mark.parametrize("sig", ["\u00e9", "\u00e9" * 64, "not-hex", ""])
+def test_odd_signatures_are_refused_not_crashed_on(tmp_path: Path, sig: str) -> None:
+    store = _store(tmp_path)
+    name, expires, _ = _parts(store.save(b"x", "png", "req_img_abc"))
+    with pytest.raises(ApiError) as refused:
+        store.open(name, expires, sig)
+    assert refused.value.status == 403
+
+
 def test_the_sweep_never_deletes_an_image_being_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = _store(tmp_path)
     real_replace = os.replace

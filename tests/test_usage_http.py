@@ -142,12 +142,20 @@ def test_usage_is_private_to_each_key(server: RunningServer) -> None:
     assert usage(server, "isk_not-a-key").status_code == 401
 
 
+def test_usage_at_the_start_of_the_calendar_is_an_empty_range_not_a_crash(server: RunningServer) -> None:
+    for params in ({"end": "0001-01-10"}, {"start": "0001-01-01", "end": "0001-01-01"}):
+        response = usage(server, ENV_KEY, **params)
+        assert response.status_code == 200, response.text
+        assert response.json()["total"]["images"] == 0
+
+
 @pytest.mark.parametrize(("params", "param"), [
     ({"start": "yesterday"}, "start"),
     ({"end": "2026-13-01"}, "end"),
     ({"start": "2026-11-21", "end": "2026-11-01"}, "start"),
     ({"start": "2020-01-01", "end": "2026-01-01"}, "start"),
     ({"from": "2026-11-01"}, "from"),
+    ({"start": "0001-01-02", "end": "0001-01-01"}, "start"),
 ])
 def test_usage_query_validation(server: RunningServer, params: dict[str, str], param: str) -> None:
     response = usage(server, ENV_KEY, **params)

@@ -47,6 +47,7 @@ REJECTED: list[tuple[str, Any, str | None]] = [
     ("prompt too long", {"prompt": "x" * 4001}, "prompt"),
     ("prompt not a string", {"prompt": ["a"]}, "prompt"),
     ("unknown model", {"prompt": "p", "model": "dall-e-9"}, "model"),
+    ("empty model", {"prompt": "p", "model": ""}, "model"),
     ("model not a string", {"prompt": "p", "model": 3}, "model"),
     ("n zero", {"prompt": "p", "model": "tiny-flux", "n": 0}, "n"),
     ("n over the model max", {"prompt": "p", "model": "tiny-flux", "n": 5}, "n"),
@@ -54,6 +55,7 @@ REJECTED: list[tuple[str, Any, str | None]] = [
     ("n as a string", {"prompt": "p", "n": "2"}, "n"),
     ("n as a float", {"prompt": "p", "n": 1.5}, "n"),
     ("size garbage", {"prompt": "p", "model": "tiny-flux", "size": "big"}, "size"),
+    ("size with a trailing newline", {"prompt": "p", "model": "tiny-flux", "size": "512x512\n"}, "size"),
     ("size not multiple of 16", {"prompt": "p", "model": "tiny-flux", "size": "260x256"}, "size"),
     ("size in non-ASCII digits", {"prompt": "p", "model": "tiny-flux", "size": "\u0661\u0660\u0662\u0664x256"},
      "size"),
@@ -112,19 +114,22 @@ def test_rejected_with_400_naming_the_parameter(server, auth, case: str, body: A
     assert error["type"] == "invalid_request"
     assert error["param"] == param
     assert error["message"] and "Traceback" not in error["message"]
+    assert {"message", "type", "param", "code"} <= set(error)  # OpenAI's shape: null where not applicable
 
 
 @pytest.mark.parametrize(
     ("raw", "content_type"),
     [(b"{not json", "application/json"), (b"[1, 2]", "application/json"), (b'"a prompt"', "application/json"),
      (b"", "application/json"), (b"\xff\xfe", "application/json"), (b"prompt=a", "application/x-www-form-urlencoded"),
-     (b"[" * 100_000, "application/json"), (b'{"prompt": ' + b"[" * 50_000, "application/json")],
+     (b"[" * 100_000, "application/json"), (b'{"prompt": ' + b"[" * 50_000, "application/json"),
+     (b'{"prompt": "p", "n": ' + b"9" * 5000 + b"}", "application/json")],  # over Python's 4300-digit limit
 )
 def test_malformed_bodies_get_400_in_the_error_shape(server, auth, raw: bytes, content_type: str) -> None:
     response = httpx.post(server.api_url + "/images/generations", content=raw,
                           headers={**auth, "Content-Type": content_type}, timeout=30)
     assert response.status_code == 400
-    assert response.json()["error"]["type"] == "invalid_request"
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request" and set(error) == {"message", "type", "param", "code"}
 
 
 def test_never_fastapi_422_even_on_other_routes(server, auth) -> None:
@@ -133,6 +138,7 @@ def test_never_fastapi_422_even_on_other_routes(server, auth) -> None:
     assert set(response.json()) == {"error"}
     response = httpx.get(server.base_url + "/no/such/route")
     assert response.status_code == 404 and response.json()["error"]["type"] == "not_found"
+    assert response.json()["error"]["param"] is None and response.json()["error"]["code"] is None
     response = httpx.get(server.api_url + "/images/generations")
     assert response.status_code == 405 and "error" in response.json()
 

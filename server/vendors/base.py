@@ -40,6 +40,7 @@ T = TypeVar("T")
 
 PROVIDER_NAMES = {"openai": "OpenAI", "bfl": "Black Forest Labs", "ideogram": "Ideogram", "google": "Google"}
 USER_AGENT = "imageserve-vendor-adapter"
+MAX_VENDOR_RETRY_AFTER_SECONDS = 3600.0  # a longer (or infinite) Retry-After from a vendor is capped to this
 
 
 class RetryableError(Exception):
@@ -69,27 +70,31 @@ class UpstreamReply:
 Classifier = Callable[[UpstreamReply, "Vendor"], ApiError | None]
 
 
+def _seconds(raw: str, scale: float) -> float | None:
+    """A finite, non-negative number of seconds, at most an hour: a vendor's header is not trusted further."""
+    try:
+        seconds = float(raw) / scale
+    except ValueError:
+        return None
+    return min(max(0.0, seconds), MAX_VENDOR_RETRY_AFTER_SECONDS) if math.isfinite(seconds) else None
+
+
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date."""
     lowered = {k.lower(): v for k, v in headers.items()}
     raw_ms = lowered.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000)
-        except ValueError:
-            pass
+    if raw_ms and (seconds := _seconds(raw_ms, 1000)) is not None:
+        return seconds
     raw = lowered.get("retry-after")
     if not raw:
         return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
+    if (seconds := _seconds(raw, 1)) is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, when.timestamp() - time.time()), MAX_VENDOR_RETRY_AFTER_SECONDS)
 
 
 class Vendor:

@@ -119,7 +119,10 @@ class OpenAIImagesBackend(VendorBackend):
                 reply = UpstreamReply(
                     exc.status_code, exc.response.headers, {"error": body} if body else None
                 )
-                vendor.raise_for_reply(reply, what, _classify)
+                try:
+                    vendor.raise_for_reply(reply, what, _classify)
+                except ApiError as error:  # without the SDK's exception (and the vendor's body) as its context
+                    raise error from None
                 raise vendor.malformed(what) from None  # a non-error status the SDK still raised for
             except (openai.APIError, ValueError):  # a 2xx body the SDK could not read or validate
                 raise vendor.malformed(what) from None

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from server.backends import build_backend
-from server.errors import ModelUnavailable, UpstreamError
+from server.errors import ModelUnavailable, RateLimitExceeded, UpstreamError
 from server.registry import ModelRegistry
 from server.settings import Settings, load_settings
 from server.vendors import VENDOR_BACKENDS
@@ -94,6 +94,17 @@ def test_retry_after_parsing():
     assert 15 <= parse_retry_after({"Retry-After": soon}) <= 21
     assert parse_retry_after({"Retry-After": "soon-ish"}) is None
     assert parse_retry_after({}) is None
+    # A vendor's header is not trusted without bounds: never infinite, NaN or more than an hour.
+    assert parse_retry_after({"Retry-After": "inf"}) is None and parse_retry_after({"Retry-After": "nan"}) is None
+    assert parse_retry_after({"retry-after-ms": "1e309", "Retry-After": "5"}) == 5
+    assert parse_retry_after({"Retry-After": "1e308"}) == 3600
+    assert parse_retry_after({"Retry-After": "-3"}) == 0
+
+
+@pytest.mark.parametrize("retry_after", [float("inf"), float("nan"), 1e308])
+def test_a_429_never_carries_an_unbounded_wait(retry_after: float) -> None:
+    error = RateLimitExceeded("slow down", retry_after=retry_after)
+    assert error.headers["Retry-After"] == "86400" and error.body()["error"]["retry_after"] == 86400
 
 
 async def test_pool_shares_and_closes_the_client():
