@@ -273,19 +273,20 @@ async def test_sd3_regional_compile_falls_back_to_the_whole_transformer(model_ca
         runner.close()
 
 
-async def _loaded_pipeline(model_cache: Path, model: str) -> typing.Any:
+async def _apply_as_planned_on_a_gpu(model_cache: Path, model: str,
+                                    **options: typing.Any) -> tuple[typing.Any, AppliedOptimizations]:
+    """A loaded tiny pipeline, then `options` applied as if the planner had kept them all (as on a GPU)."""
     runner = _runner(model_cache, model)
     await runner.load()
     runner.close()
-    return runner._pipe
+    pipe = runner._pipe
+    return pipe, apply_optimizations(pipe, OptimizationPlan(OptimizationOptions(**options), {}), CPU)
 
 
 @pytest.mark.slow
 async def test_sd3_with_cpu_offload_does_not_fall_back_to_full_compile(model_cache: Path) -> None:
     """Regional compile of SD3 falls back to full, which cannot trace the offload hooks: compile goes off."""
-    pipe = await _loaded_pipeline(model_cache, "tiny-sd3")
-    plan = OptimizationPlan(OptimizationOptions(compile="regional", cpu_offload=True), {})  # as on a GPU
-    result = apply_optimizations(pipe, plan, CPU)
+    _, result = await _apply_as_planned_on_a_gpu(model_cache, "tiny-sd3", compile="regional", cpu_offload=True)
     assert "compile" not in result.applied
     assert "full compile cannot trace the hooks cpu_offload" in result.switched_off["compile"]
 
@@ -293,9 +294,8 @@ async def test_sd3_with_cpu_offload_does_not_fall_back_to_full_compile(model_cac
 @pytest.mark.slow
 async def test_sd3_fuse_qkv_is_switched_off_for_xformers(model_cache: Path) -> None:
     """The pipeline's xformers switch has no processor for SD3's fused projections: fuse_qkv gives way."""
-    pipe = await _loaded_pipeline(model_cache, "tiny-sd3")
-    plan = OptimizationPlan(OptimizationOptions(attention_backend="xformers", fuse_qkv=True), {})  # as on a GPU
-    result = apply_optimizations(pipe, plan, CPU)
+    pipe, result = await _apply_as_planned_on_a_gpu(model_cache, "tiny-sd3", attention_backend="xformers",
+                                                    fuse_qkv=True)
     assert "fuse_qkv" not in result.applied
     assert "no xformers processor for fused projections" in result.switched_off["fuse_qkv"]
     assert not any(type(proc).__name__.startswith("Fused") for proc in pipe.transformer.attn_processors.values())
@@ -524,9 +524,7 @@ async def test_fp8_goes_through_the_real_torchao_which_refuses_this_cpu(model_ca
     """The torchao calls are the real ones (`make test` installs the `gpu` extra): on a CPU torchao's own
     hardware check refuses, and the model loads with fp8 switched off, logged, rather than failing."""
     pytest.importorskip("torchao", reason="the `gpu` extra (torchao) is not installed")
-    pipe = await _loaded_pipeline(model_cache, "tiny-flux")
-    plan = OptimizationPlan(OptimizationOptions(compile="regional", quantize="fp8"), {})  # as on an H100
-    result = apply_optimizations(pipe, plan, CPU)
+    pipe, result = await _apply_as_planned_on_a_gpu(model_cache, "tiny-flux", compile="regional", quantize="fp8")
     assert "quantize" not in result.applied
     assert result.switched_off["quantize"].startswith("torchao could not quantize to fp8: AssertionError: ")
     assert "compute capability" in result.switched_off["quantize"]
