@@ -31,9 +31,9 @@ compile (off)
     warm-up. A model that declares no repeated blocks (SD3 in diffusers 0.42) gets full instead, logged.
     full: the whole transformer; a little faster still, a much longer compile. A new size or batch size
     recompiles once; from the second shape on, torch marks the changed dimensions dynamic. full cannot
-    trace cpu_offload's hooks, so with cpu_offload full is switched off (regional works). If compiling
-    fails at a call (a broken C++ or Triton toolchain, an op Dynamo cannot trace), compile switches off
-    for good, logged, and that call and the later ones run eagerly.
+    trace cpu_offload's hooks, so with cpu_offload full is switched off (regional works). A call that
+    fails inside torch.compile (a broken C++ or Triton toolchain, an op Dynamo cannot trace) is retried
+    eagerly; if that works, compile switches off for good, logged, and later calls run eagerly too.
     Without CUDA: runs with inductor's C++ backend (needs g++/clang++, else switched off, logged);
     slower than eager for the tiny models.
 fuse_qkv (false)
