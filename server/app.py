@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.types import ImageBackend
@@ -105,10 +106,18 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
     service = ImageService(registry, backends, store, settings.default_model, usage,
                            on_outcome=metrics.observe_outcome)
 
+    async def _open_database() -> None:
+        """Create or migrate the database and sync the env keys; if it cannot be opened, say so in one line."""
+        try:
+            await asyncio.to_thread(authenticator.prepare)
+            await asyncio.to_thread(ledger.release_stale, settings.stale_reservation_seconds)
+        except SQLAlchemyError as exc:
+            logger.error("cannot start: %s", database.describe_error(exc))
+            raise
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(authenticator.prepare)  # creates and migrates the database
-        await asyncio.to_thread(ledger.release_stale, settings.stale_reservation_seconds)
+        await _open_database()
         for backend in backends.values():
             await backend.start()
         for model_id in settings.preload:

@@ -18,7 +18,28 @@ def _settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
+    if args.config is not None and Path(args.config).is_dir():
+        raise ValueError(f"--config {args.config} is a directory; give the TOML settings file")
     return load_settings(args.config, **overrides)
+
+
+def check_database(settings: Settings) -> str | None:
+    """Open the database (creating and migrating it) before serving. Returns an error.
+
+    Otherwise an unreachable database only shows at the app's startup, as a traceback.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from server.db import Database
+
+    database = Database.from_settings(settings)
+    try:
+        database.engine()
+    except SQLAlchemyError as exc:
+        return f"cannot open the {database.describe_error(exc)}"
+    finally:
+        database.dispose()
+    return None
 
 
 def check_exposure(settings: Settings) -> str | None:
@@ -36,7 +57,7 @@ def check_exposure(settings: Settings) -> str | None:
         if KeyStore(database).has_active_keys():
             return None
     except SQLAlchemyError as exc:
-        return f"cannot open the database {database.display_url}: {str(exc).splitlines()[0]}"
+        return f"cannot open the {database.describe_error(exc)}"
     finally:
         database.dispose()
     if not settings.listens_on_loopback_only():
@@ -56,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import create_app
 
     settings = _settings(args)
-    problem = check_exposure(settings)
+    problem = check_database(settings) or check_exposure(settings)
     if problem:
         logger.error(problem)
         return 2
@@ -105,7 +126,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if spec.kind in TINY_KINDS and not spec.source:
         print(f"built {build_tiny_model(settings.model_cache, spec.kind)} (random weights, nothing to download)")
         return 0
-    if not spec.source or Path(spec.source).expanduser().exists():
+    if not spec.source:
+        print(f"error: model '{args.model}' (kind {spec.kind}) has no `source`: set `source` under "
+              f"[models.{args.model}] in the config file to a hub repo id or a local folder", file=sys.stderr)
+        return 2
+    if Path(spec.source).expanduser().exists():
         print(f"'{args.model}' loads from the local folder {spec.source}; nothing to download")
         return 0
     try:
@@ -153,9 +178,26 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except OSError as exc:
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line naming the path and what is wrong with it (a missing, unreadable or misplaced file)."""
+    path = exc.filename
+    if path is None:
+        return str(exc)
+    if isinstance(exc, FileExistsError):  # from mkdir: a file stands where a folder is needed
+        return f"{path} exists and is not a directory"
+    if isinstance(exc, NotADirectoryError):
+        return f"{path}: part of this path is a file, not a directory"
+    if isinstance(exc, IsADirectoryError):
+        return f"{path} is a directory, not a file"
+    return f"{exc.strerror or type(exc).__name__}: {path}"
 
 
 if __name__ == "__main__":

@@ -54,8 +54,7 @@ def _with_database(handler: Any) -> Any:
         try:
             return handler(args, settings, database)
         except SQLAlchemyError as exc:
-            print(f"error: database {database.display_url}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-                  file=sys.stderr)
+            print(f"error: {database.describe_error(exc)}", file=sys.stderr)
             return 1
         finally:
             database.dispose()
@@ -147,10 +146,17 @@ def _usage_rows(report: list[dict[str, Any]], by: str) -> list[list[Any]]:
     return rows
 
 
-def _nonnegative(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 (no limit) or more")
+MAX_LIMIT = 10**9  # far above any real quota, and well inside the database's integer column
+
+
+def _limit_option(raw: str) -> int:
+    """A per-key limit: a whole number from 0 (no limit) to MAX_LIMIT."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {raw!r}") from None
+    if not 0 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 0 (no limit) to {MAX_LIMIT}, not {value}")
     return value
 
 
@@ -162,9 +168,9 @@ def add_admin_commands(commands: Any) -> None:
     create = keys_commands.add_parser("create", help="create a key and print it (once)")
     create.add_argument("--tier", required=True, help="free, pro, enterprise, or a tier from the config")
     create.add_argument("--name", default=None, help="a unique name (default: derived from the key)")
-    create.add_argument("--images-per-minute", type=_nonnegative, default=None,
+    create.add_argument("--images-per-minute", type=_limit_option, default=None,
                         help="this key's own limit instead of its tier's (0: no limit)")
-    create.add_argument("--images-per-day", type=_nonnegative, default=None,
+    create.add_argument("--images-per-day", type=_limit_option, default=None,
                         help="this key's own limit instead of its tier's (0: no limit)")
     create.set_defaults(handler=cmd_keys_create)
 

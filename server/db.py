@@ -17,12 +17,14 @@ so replicas starting together do not race.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from sqlalchemy import (
     BigInteger,
@@ -41,7 +43,8 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 if TYPE_CHECKING:
     from server.settings import Settings
@@ -130,6 +133,109 @@ def normalise_url(url: str) -> str:
     return url
 
 
+URL_SETTING = "IMAGESERVE_DATABASE_URL"
+URL_FORMS = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+_QUERY_PASSWORD = re.compile(r"(?i)([?&;][^=&;#]*password=)([^&;#]*)")
+
+
+class DatabaseUrlError(ValueError):
+    """The database URL cannot be used. The message names IMAGESERVE_DATABASE_URL and holds no secret."""
+
+
+def _split_userinfo(url: str) -> tuple[str, str, str] | None:
+    """(scheme, userinfo, rest) of a `scheme://` URL, or None if it has no `://`.
+
+    The userinfo ends at the LAST `@` before the path or query that follows the first `@`, so a raw `@`
+    (or `/`, `?`) in a password stays in the userinfo and is masked whole.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    first_at = rest.find("@")
+    if first_at < 0:
+        return scheme, "", rest
+    ends = [i for i in (rest.find("/", first_at), rest.find("?", first_at)) if i >= 0]
+    at = rest.rfind("@", 0, min(ends, default=len(rest)))
+    return scheme, rest[:at], rest[at + 1:]
+
+
+def url_secrets(url: str) -> set[str]:
+    """Every password the URL carries, raw and decoded, however it is parsed: what must never be shown."""
+    found: set[str] = set()
+    parts = _split_userinfo(url)
+    if parts is not None:
+        found.add(parts[1].partition(":")[2])
+        found.update(match.group(2) for match in _QUERY_PASSWORD.finditer(parts[2]))
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        parsed = None
+    if parsed is not None:
+        found.add(parsed.password or "")
+        found.update(str(value) for key, value in parsed.query.items() if key.lower().endswith("password"))
+    found |= {unquote(secret) for secret in found}
+    return {secret for secret in found if secret}
+
+
+def redact(text: str, secrets: set[str]) -> str:
+    """`text` with each secret replaced by `***`, longest first (one may contain another)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def mask_url(url: str) -> str:
+    """The URL with its passwords masked (userinfo and `password=` query parameters), safe to show.
+
+    Never raises: error messages about the URL print it.
+    """
+    parts = _split_userinfo(url)
+    if parts is None:
+        return "(not a URL)"
+    scheme, userinfo, rest = parts
+    path, mark, query = rest.partition("?")
+    rest = path + _QUERY_PASSWORD.sub(r"\g<1>***", mark + query)
+    if not userinfo:
+        return f"{scheme}://{rest}"
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{rest}"
+
+
+def check_url(url: str) -> URL:
+    """Parse the URL, or raise `DatabaseUrlError` saying what is wrong (never with its password)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseUrlError(f"{URL_SETTING} is not a database URL; expected {URL_FORMS}") from None
+    except ValueError:
+        raise DatabaseUrlError(f"{URL_SETTING} {mask_url(url)}: the port must be a number") from None
+    shown = mask_url(url)
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise DatabaseUrlError(f"{URL_SETTING} {shown}: unsupported database {parsed.get_backend_name()!r}; "
+                               f"use {URL_FORMS}")
+    if parsed.host and "@" in parsed.host:
+        raise DatabaseUrlError(f"{URL_SETTING} {shown}: more than one '@' before the host; percent-encode an "
+                               "'@' in the user name or password as %40")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise DatabaseUrlError(f"{URL_SETTING} {shown}: port {parsed.port} is not between 1 and 65535")
+    _check_driver(parsed, shown)
+    return parsed
+
+
+def _check_driver(parsed: URL, shown: str) -> None:
+    """The driver must be installed and synchronous: fail now, not with an ImportError at first use."""
+    try:
+        dialect = parsed.get_dialect()
+        dialect.import_dbapi()
+    except (NoSuchModuleError, ImportError) as exc:
+        raise DatabaseUrlError(f"{URL_SETTING} {shown}: the driver {parsed.drivername!r} is not installed "
+                               f"({exc}); plain postgresql:// runs on psycopg 3 (pip install 'psycopg[binary]')"
+                               ) from None
+    if getattr(dialect, "is_async", False):
+        raise DatabaseUrlError(f"{URL_SETTING} {shown}: {parsed.drivername!r} is an asyncio driver; "
+                               "use plain postgresql:// (psycopg 3)")
+
+
 _READ_ONLY = "imageserve_read_only"  # execution option set by `Database.read`
 
 
@@ -174,6 +280,7 @@ class Database:
 
     def __init__(self, url: str, lock_timeout: float = 30.0) -> None:
         self.url = normalise_url(url)
+        check_url(self.url)  # a bad URL is a clear error now, not a traceback at first use
         self.lock_timeout = lock_timeout  # SQLite: how long to wait for the write lock before failing
         self._engine: Engine | None = None
         self._lock = threading.Lock()
@@ -185,7 +292,12 @@ class Database:
     @property
     def display_url(self) -> str:
         """The URL with any password masked, safe to log."""
-        return make_url(self.url).render_as_string(hide_password=True)
+        return mask_url(self.url)
+
+    def describe_error(self, exc: Exception) -> str:
+        """One line about a failed database operation, naming the database, without its password."""
+        first_line = (str(exc).splitlines() or [""])[0]
+        return redact(f"database {self.display_url}: {type(exc).__name__}: {first_line}", url_secrets(self.url))
 
     def engine(self) -> Engine:
         """The engine, created and migrated on first use."""

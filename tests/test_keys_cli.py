@@ -99,6 +99,19 @@ def test_keys_cli_on_postgresql(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     assert not (tmp_path / DB_FILENAME).exists()  # nothing went to SQLite
 
 
+def test_postgresql_url_with_an_encoded_at_and_a_query(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A percent-encoded `@` in the password and query parameters pass the URL checks (the test server
+    trusts every local connection, so the password itself is not checked)."""
+    url = postgres().create_database().replace("postgresql://postgres@", "postgresql://postgres:Pw%40Secret@")
+    monkeypatch.setenv("IMAGESERVE_DATABASE_URL", url + "?application_name=imageserve-test")
+    monkeypatch.setenv("IMAGESERVE_DATA_DIR", str(tmp_path))
+    code, out, err = cli(capsys, "keys", "create", "--tier", "free", "--name", "encoded")
+    assert code == 0 and out.startswith("isk_")
+    code, out, _ = cli(capsys, "keys", "list")
+    assert code == 0 and "encoded" in out and "Secret" not in out + err
+
+
 def test_unreachable_database_is_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("IMAGESERVE_DATABASE_URL", "postgresql://nobody:secret@127.0.0.1:1/none")
