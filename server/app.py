@@ -91,6 +91,9 @@ class ClientClosedRequest(ApiError):
 
 def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
     registry = build_registry(settings)
+    if registry.get(settings.default_model) is None:
+        raise ValueError(f"IMAGESERVE_DEFAULT_MODEL / default_model: there is no model '{settings.default_model}'; "
+                         f"models: {', '.join(registry.ids())}")
     database = Database.from_settings(settings)  # keys, quotas, ledger: SQLite in data_dir by default
     authenticator = KeyAuthenticator.from_settings(settings, KeyStore(database))
     ledger = UsageLedger(database, settings.tiers)

@@ -70,11 +70,14 @@ def parse_api_keys(raw: str, tiers: Iterable[str] = DEFAULT_TIERS) -> dict[str, 
             continue
         key, _, tier = item.rpartition(":") if ":" in item else (item, "", "pro")
         tier = tier.strip().lower() or "pro"
-        if tier not in known:
-            raise ValueError(f"IMAGESERVE_API_KEYS entry #{index + 1} has unknown tier {tier!r}; configured tiers: "
-                             f"{', '.join(known)}")
+        if tier not in known:  # not echoed: after a ':' inside a key, it would be part of the key
+            raise ValueError(f"IMAGESERVE_API_KEYS entry #{index + 1} has an unknown tier (the part after its last "
+                             f"':'); configured tiers: {', '.join(known)}. A key containing ':' needs its tier "
+                             "after it, e.g. KEY:pro")
         if not key.strip():
             raise ValueError(f"IMAGESERVE_API_KEYS entry #{index + 1} has an empty key")
+        if key.strip() in keys:
+            raise ValueError(f"IMAGESERVE_API_KEYS entry #{index + 1} repeats an earlier key")
         keys[key.strip()] = tier
     return keys
 

@@ -413,6 +413,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            progress=not args.no_progress)
     prices = PriceTable(_price_flags(args.price or []))
     out = args.out or Path("bench-results") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after the whole run
     report = asyncio.run(run_bench(targets, options, prices, out))
     return 0 if all(result["summary"]["ok"] for result in report["targets"]) else 1
 

@@ -197,6 +197,9 @@ class ModelRegistry:
             if model_id in models:
                 models[model_id] = replace(models[model_id], **fields)  # type: ignore[arg-type]
             else:
+                if "kind" not in fields:
+                    raise ValueError(f"[models.{model_id}] is not a built-in model, so it needs `kind` (sd3, flux, "
+                                     "simulated, ...: see the README) and, for sd3 or flux, a `source`")
                 fields.setdefault("provider", "local")
                 fields.setdefault("sizes", ("1024x1024",))
                 fields.setdefault("max_images", 4)

@@ -94,10 +94,11 @@ class ImageService:
         request, spec = to_generation_request(body, self.registry, self.default_model, request_id)
         try:
             await self.usage.admit(principal, request)
-        except ApiError as exc:
+        except (ApiError, asyncio.CancelledError) as exc:  # refused, or the client left while it was decided
             if self.on_outcome is not None:
+                status = exc.type if isinstance(exc, ApiError) else "cancelled"
                 self.on_outcome(Outcome(principal, request_id, spec.id, 0, request.size, request.quality, 0.0,
-                                        (time.perf_counter() - started) * 1000, exc.type))
+                                        (time.perf_counter() - started) * 1000, status))
             raise
         result: GenerationResult | None = None
         status = "error"

@@ -9,8 +9,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -23,6 +26,26 @@ from pydantic_settings import (
 )
 
 Dtype = Literal["bf16", "fp16", "fp32"]
+# server.backends.BACKEND_FACTORIES has one entry per kind.
+ModelKind = Literal["sd3", "flux", "tiny-sd3", "tiny-flux", "simulated", "openai", "bfl", "ideogram", "google"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+# Every settings model: errors name the field but never echo the value (it may be a key or a password),
+# and no float setting may be inf or NaN.
+STRICT = ConfigDict(extra="forbid", hide_input_in_errors=True, allow_inf_nan=False)
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def check_http_url(value: str, name: str) -> str:
+    """An http(s) URL with a host (and, if given, a numeric port), without a trailing slash."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ValueError(f"{name} has a port that is not a number from 0 to 65535") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} must be an http:// or https:// URL with a host")
+    return value.rstrip("/")
 # pipelines.optimizations.ATTENTION_BACKENDS has one entry per name.
 AttentionBackendName = Literal[
     "native", "native_math", "native_cudnn", "native_flash", "native_efficient", "flash", "xformers", "sage"
@@ -37,10 +60,10 @@ OPTIMIZATION_FIELDS = frozenset({
 class ModelSettings(BaseModel):
     """A `[models.<id>]` table: registry overrides plus how a local model is loaded and batched."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     # Registry fields (see server.registry.ModelSpec).
-    kind: str | None = None
+    kind: ModelKind | None = None
     source: str | None = None
     price_usd: float | None = Field(default=None, ge=0)
     price_hd_usd: float | None = Field(default=None, ge=0)
@@ -70,12 +93,12 @@ class ModelSettings(BaseModel):
     warmup_steps: int = Field(default=2, ge=1, le=50)
     debug_oom_above_images: int | None = Field(default=None, ge=0)  # testing aid: simulated out of memory
 
-    @field_validator("warmup_sizes")
+    @field_validator("warmup_sizes", "sizes")
     @classmethod
-    def _check_warmup_sizes(cls, value: list[str]) -> list[str]:
+    def _check_sizes(cls, value: list[str] | None) -> list[str] | None:
         from pipelines.optimizations import parse_size
 
-        for size in value:
+        for size in value or ():
             parse_size(size)
         return value
 
@@ -100,7 +123,7 @@ class ModelSettings(BaseModel):
 class ProviderSettings(BaseModel):
     """How to reach one vendor API. Every field can be set as `IMAGESERVE_<P>_<FIELD>`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     api_key: SecretStr | None = None
     base_url: str
@@ -115,10 +138,8 @@ class ProviderSettings(BaseModel):
 
     @field_validator("base_url")
     @classmethod
-    def _strip_slash(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
-        return value.rstrip("/")
+    def _check_base_url(cls, value: str) -> str:
+        return check_http_url(value, "base_url")
 
     def has_key(self) -> bool:
         return self.api_key is not None and bool(self.api_key.get_secret_value().strip())
@@ -156,7 +177,7 @@ class GoogleProviderSettings(ProviderSettings):
 
 
 class ProvidersSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     openai: OpenAIProviderSettings = Field(default_factory=OpenAIProviderSettings)
     bfl: BFLProviderSettings = Field(default_factory=BFLProviderSettings)
@@ -209,7 +230,7 @@ class ProviderEnvSource(PydanticBaseSettingsSource):
 class TierSettings(BaseModel):
     """A `[tiers.<name>]` table: images per key in a sliding minute and day. 0 means no limit."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     images_per_minute: int = Field(default=0, ge=0)
     images_per_day: int = Field(default=0, ge=0)
@@ -224,7 +245,7 @@ DEFAULT_TIERS: dict[str, dict[str, int]] = {
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="IMAGESERVE_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="IMAGESERVE_", env_nested_delimiter="__", **STRICT)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -241,7 +262,7 @@ class Settings(BaseSettings):
     max_queue_images: int = Field(default=64, ge=10)  # at least the largest n (10), or such a request never fits
     preload: Annotated[list[str], NoDecode] = Field(default_factory=list)  # models loaded at start
     cleanup_interval_seconds: float = Field(default=60.0, gt=0)
-    log_level: str = "info"
+    log_level: LogLevel = "info"
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     providers: ProvidersSettings = Field(default_factory=ProvidersSettings)
     # Keys, quotas and the usage ledger (server.db): SQLite in data_dir unless a URL is given.
@@ -269,6 +290,26 @@ class Settings(BaseSettings):
                 return value  # let pydantic report the bad type
             merged.setdefault(str(name).lower(), {}).update(fields)
         return merged
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOSTNAME.fullmatch(value):
+                raise ValueError("host must be an IP address or a host name, e.g. 127.0.0.1 or 0.0.0.0") from None
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value, "public_url")
 
     @field_validator("preload", mode="before")
     @classmethod
@@ -326,6 +367,9 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         raise FileNotFoundError(f"config file not found: {path}")
 
     class _FileSettings(Settings):
-        model_config = SettingsConfigDict(toml_file=path)
+        model_config = SettingsConfigDict(toml_file=path, title="Settings")
 
-    return _FileSettings(**overrides)
+    try:
+        return _FileSettings(**overrides)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None

@@ -74,9 +74,9 @@ class UsageLedger:
         await asyncio.to_thread(self.settle_sync, outcome, reserved)
 
     def admit_sync(self, principal: Principal, request: GenerationRequest) -> None:
-        now = self.clock()
         with self.db.transaction() as conn:
             key = self._lock_key(conn, principal)
+            now = self.clock()  # once the key's row is locked: a request stamped earlier could commit later
             limits = self.limits_for(key["tier"], key["images_per_minute"], key["images_per_day"])
             error: RateLimitExceeded | None = None
             for window in limits.windows():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -79,6 +81,29 @@ def test_requests_turned_away_at_admission_are_counted(tmp_path: Path) -> None:
         text = httpx.get(server.base_url + "/metrics").text
     assert _samples(text)[("imageserve_requests_total",
                            frozenset({"model": "sim", "status": "rate_limit_exceeded"}.items()))] == 1
+
+
+class _SlowGate:
+    """A usage gate still deciding (a database busy with other admissions) when the client gives up."""
+
+    async def admit(self, principal: object, request: object) -> None:
+        await asyncio.sleep(30)
+
+    async def settle(self, outcome: object, reserved: int) -> None:
+        return None
+
+
+def test_a_client_that_leaves_during_admission_is_counted_as_cancelled(tmp_path: Path) -> None:
+    with running_server(app_factory=lambda settings: create_app(settings, usage=_SlowGate()), data_dir=tmp_path,
+                        model_cache=tmp_path / "cache", models={"sim": SIM_MODEL}) as server:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.api_url + "/images/generations", json={"model": "sim", "prompt": "x"}, timeout=0.5)
+        cancelled = ("imageserve_requests_total", frozenset({"model": "sim", "status": "cancelled"}.items()))
+        for _ in range(100):  # the server notices the disconnect on its own schedule
+            if _samples(httpx.get(server.base_url + "/metrics").text).get(cancelled) == 1:
+                break
+            time.sleep(0.05)
+        assert _samples(httpx.get(server.base_url + "/metrics").text).get(cancelled) == 1
 
 
 def test_gpu_memory_is_reported_where_cuda_is_in_use(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -67,7 +67,7 @@ def test_a_failed_settle_keeps_the_real_outcome_and_logs_the_request_id(
     headers = {"Authorization": f"Bearer {WEAK_KEY}"}
     with (caplog.at_level(logging.ERROR, logger="server.service"),
           running_server(flaky_app, data_dir=tmp_path, model_cache=model_cache, api_keys=WEAK_KEY,
-                         models={"broken": {"kind": "no-such-kind"}}) as server):
+                         models={"broken": {"kind": "sd3", "source": str(tmp_path / "no-weights")}}) as server):
         ok = httpx.post(server.api_url + "/images/generations", json=tiny, headers=headers, timeout=300)
         assert ok.status_code == 200, ok.text
         assert len(ok.json()["data"]) == 1
@@ -214,7 +214,8 @@ def test_env_key_rows_from_before_the_pepper_are_rekeyed_with_their_usage(databa
 async def test_env_keys_can_use_configured_tiers(tmp_path: Path) -> None:
     configured = load_settings(tiers=TEAM).tiers
     assert parse_api_keys("k1:team,k2:free", configured) == {"k1": "team", "k2": "free"}
-    with pytest.raises(ValueError, match="unknown tier 'gold'; configured tiers: enterprise, free, pro, team"):
+    with pytest.raises(ValueError, match=r"unknown tier \(the part after its last ':'\); configured tiers: "
+                                         "enterprise, free, pro, team"):
         parse_api_keys("k1:gold", configured)
     settings = load_settings(data_dir=tmp_path, api_keys="sk-team:team", tiers=TEAM)
     database = Database.from_settings(settings)

@@ -58,9 +58,10 @@ def burst(calls: list[Any]) -> list[httpx.Response]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[RunningServer]:
-    with running_server(data_dir=tmp_path_factory.mktemp("usage-data"), model_cache=model_cache,
-                        api_keys=f"{ENV_KEY}:free", default_model="tiny-flux",
-                        models={"broken": {"kind": "no-such-kind"}}) as running:
+    data_dir = tmp_path_factory.mktemp("usage-data")
+    with running_server(data_dir=data_dir, model_cache=model_cache, api_keys=f"{ENV_KEY}:free",
+                        default_model="tiny-flux",
+                        models={"broken": {"kind": "sd3", "source": str(data_dir / "no-weights")}}) as running:
         yield running
 
 
