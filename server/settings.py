@@ -32,8 +32,9 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 # Every settings model: errors name the field but never echo the value (it may be a key or a password),
 # and no float setting may be inf or NaN.
 STRICT = ConfigDict(extra="forbid", hide_input_in_errors=True, allow_inf_nan=False)
-_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+# Dot-separated labels; `_` is allowed as container runtimes use it in service names.
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+                       r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
 
 
 def check_http_url(value: str, name: str) -> str:

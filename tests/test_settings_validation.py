@@ -68,6 +68,7 @@ def test_accepted_forms_still_load() -> None:
     settings = load_settings(log_level="WARNING", host="my-gpu-box.internal", public_url="https://img.example.com/")
     assert (settings.log_level, settings.public_url) == ("warning", "https://img.example.com")
     assert load_settings(host="::1").host == "::1" and load_settings(host="0.0.0.0").host == "0.0.0.0"
+    assert load_settings(host="image_server").host == "image_server"  # a compose service name
 
 
 def test_model_kinds_match_the_backends() -> None:
