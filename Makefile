@@ -1,9 +1,12 @@
 # Two commands for a fresh machine (see README):
 #   make serve   installs into .venv and starts the server on its embedded defaults
 #   make test    installs into .venv (with test tools) and runs the whole test suite
-# TORCH pins the torch build; on a CPU-only machine with internet, add
-#   TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# to get the small CPU wheel instead of the CUDA one.
+# TORCH pins the torch build. TORCH_INDEX picks where it comes from:
+#   (unset)                                      PyPI's default build
+#   TORCH_INDEX=https://download.pytorch.org/whl/cu130   CUDA 13, NVIDIA driver >= 580 (torch's stable CUDA build)
+#   TORCH_INDEX=https://download.pytorch.org/whl/cu126   CUDA 12.6, for older drivers (torch's legacy CUDA build)
+#   TORCH_INDEX=https://download.pytorch.org/whl/cpu     the small CPU wheel, on a machine without a GPU
+# torch 2.12+ publishes no cu128 build. `imageserve doctor` says which build is installed and what it sees.
 
 PYTHON ?= python3
 VENV ?= .venv
