@@ -43,8 +43,8 @@ from openai import AsyncOpenAI
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.simulated import DeviceProfile, synthesize_image  # noqa: E402
-from server.encoding import encode_image  # noqa: E402
+from pipelines.simulated import DeviceProfile, synthesize_pixels  # noqa: E402
+from server.encoding import encode_pixels  # noqa: E402
 
 PROFILE = ROOT / "benchmarks" / "profiles" / "flux-dev-sim-h100.toml"
 MODEL = "flux-dev-sim-h100"
@@ -110,11 +110,11 @@ async def low_load(client: AsyncOpenAI, profile: DeviceProfile, requests: int) -
     added = [r["latency_s"] - device_s for r in results]
     server_added = [(r["server_latency_ms"] - r["device_ms"]) / 1000 for r in results]
     measured_device = [r["device_ms"] / 1000 for r in results]
-    image = synthesize_image(*SIZE, 1)
+    pixels = synthesize_pixels(*SIZE, 1)
     encode_s = []
     for _ in range(5):  # the same PNG encode the server does, timed here under the same machine load
         started = time.perf_counter()
-        encode_image(image, "png")
+        encode_pixels(pixels, "png")
         encode_s.append(time.perf_counter() - started)
     return {
         "requests": requests,

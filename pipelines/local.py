@@ -2,7 +2,8 @@
 
 One worker thread owns the pipeline: it loads it and runs every batch, so nothing else touches
 it and no locks are needed. The event loop only queues jobs and awaits the thread. Images come back as
-PIL images; encoding and storage happen in the service, off this thread.
+uint8 pixel arrays (`pipelines.pixels`); PIL images, encoding and storage happen in the service, off this
+thread.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pipelines.device import Placement, choose_placement, device_lock
+from pipelines.device import Placement, choose_placement, cpu_refusal, device_lock
 from pipelines.loading import WeightsLocation, load_pipeline, locate_weights
 from pipelines.memory import free_device_memory, is_out_of_memory, simulated_oom_callback
 from pipelines.optimizations import (
@@ -23,12 +24,15 @@ from pipelines.optimizations import (
     OptimizationOptions,
     apply_optimizations,
     is_compile_failure,
+    is_recompile_limit,
     plan_optimizations,
     restore_compile,
     suspend_compile,
     warm_up,
 )
+from pipelines.pixels import to_pixels
 from pipelines.scheduler import BatchKey, BatchScheduler, DeviceOutOfMemory, ImageJobSpec, TimedOutputs
+from pipelines.tiny import TINY_KINDS
 from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult, Readiness
 from server.errors import ModelUnavailable
 
@@ -137,7 +141,7 @@ class DiffusersRunner:
             "num_inference_steps": key.steps,
             "guidance_scale": key.guidance,
             "generator": [torch.Generator("cpu").manual_seed(spec.seed) for spec in specs],
-            "output_type": "pil",
+            "output_type": "pt",  # pixels stay on the device until `to_pixels`
         }
         if key.max_sequence_length is not None:
             arguments["max_sequence_length"] = key.max_sequence_length
@@ -150,16 +154,19 @@ class DiffusersRunner:
 
     def _call_pipeline(self, key: BatchKey, specs: list[ImageJobSpec]) -> TimedOutputs:
         """One pipeline call, timed from when this model has the device (not while it waits for the lock).
-        The time is kept in `_last_call_s` even when the call fails."""
+        The time is kept in `_last_call_s` even when the call fails.
+
+        The device is let go as soon as the batch's pixels are on the CPU as uint8 (one copy); turning them
+        into PIL images and encoding happen on the service's encoder threads."""
         assert self.optimizations is not None
         with device_lock(self.placement.device):
             started = time.perf_counter()
             try:
                 with self.optimizations.call_context():
-                    images = list(self._pipe(**self._call_arguments(key, specs)).images)
+                    pixels = to_pixels(self._pipe(**self._call_arguments(key, specs)).images)
             finally:
                 self._last_call_s = time.perf_counter() - started
-        return TimedOutputs(images, self._last_call_s)
+        return TimedOutputs(list(pixels), self._last_call_s)
 
     def _generate(self, key: BatchKey, specs: list[ImageJobSpec]) -> TimedOutputs:
         """A call. If it fails inside torch.compile, it is retried eagerly: when that works the failure was the
@@ -170,17 +177,26 @@ class DiffusersRunner:
         except Exception as exc:
             if "compile" not in self.optimizations.applied or is_out_of_memory(exc) or not is_compile_failure(exc):
                 raise
-            logger.warning("model %s: a compiled call failed; retrying it eagerly", self._spec.id, exc_info=True)
+            limit_hit = is_recompile_limit(exc)
+            if limit_hit:  # not the toolchain's fault: this call runs eagerly, compile stays on
+                logger.warning("model %s: torch.compile's recompile limit was hit at %dx%d x%d; running this call "
+                               "eagerly, compile stays on", self._spec.id, key.width, key.height, len(specs))
+            else:
+                logger.warning("model %s: a compiled call failed; retrying it eagerly", self._spec.id,
+                               exc_info=True)
             first_line = (str(exc).strip().splitlines() or [""])[0][:300]
             reason = f"{type(exc).__name__}: {first_line}"
         failed_s = self._last_call_s
-        compiled = suspend_compile(self._pipe.transformer)
+        compiled = suspend_compile(self._pipe)
         try:
             result = self._call_pipeline(key, specs)
         except Exception:
             restore_compile(compiled)
             raise
-        self.optimizations.compile_failed(reason)
+        if limit_hit:
+            restore_compile(compiled)
+        else:
+            self.optimizations.compile_failed(reason)
         return TimedOutputs(result.outputs, failed_s + result.device_seconds)
 
     def _run_sync(self, key: BatchKey, specs: list[ImageJobSpec]) -> TimedOutputs:
@@ -230,6 +246,12 @@ class LocalDiffusersBackend:
         location = self._location()
         if not location.found:
             return Readiness(False, f"{location.detail}; run `imageserve pull {self.spec.id}`")
+        try:
+            refusal = cpu_refusal(self.placement(), self.spec.id, full_size=self.spec.kind not in TINY_KINDS)
+        except ValueError as exc:  # a device setting this machine cannot honour
+            return Readiness(False, f"cannot run here: {exc}")
+        if refusal:
+            return Readiness(False, refusal)
         if self._load_error:
             return Readiness(False, f"failed to load: {self._load_error}")
         state = "loaded" if self._runner and self._runner.loaded else "loads on first request"
@@ -294,7 +316,11 @@ class LocalDiffusersBackend:
                 f"Fetch them with `imageserve pull {self.spec.id}`, or set `source` under "
                 f"[models.{self.spec.id}] to a diffusers folder."
             )
-        return DiffusersRunner(self.spec, location, self._settings, self.placement())
+        placement = self.placement()
+        refusal = cpu_refusal(placement, self.spec.id, full_size=self.spec.kind not in TINY_KINDS)
+        if refusal:  # a full-size model on a CPU nobody asked for: minutes per image
+            raise ModelUnavailable(refusal)
+        return DiffusersRunner(self.spec, location, self._settings, placement)
 
     @property
     def dropped_jobs(self) -> int:
@@ -325,7 +351,7 @@ class LocalDiffusersBackend:
         results = await scheduler.generate(self.batch_key(request), specs, request.request_id)
         batches = {result.batch_id: result.device_ms for result in results}
         return GenerationResult(
-            images=[GeneratedImage(image=result.output, seed=seed)
+            images=[GeneratedImage(pixels=result.output, seed=seed)
                     for result, seed in zip(results, seeds, strict=True)],
             width=request.width,
             height=request.height,
@@ -357,7 +383,7 @@ class LocalDiffusersBackend:
                     "switched_off": plan_optimizations(self._configured_options, placement).switched_off,
                 }
             optimizations = self._optimizations_preview
-        return {"device": placement.device, "dtype": placement.dtype,
+        return {"device": placement.device, "dtype": placement.dtype, "device_warning": placement.warning or None,
                 "max_batch_images": self._model_settings.max_batch_images, "optimizations": optimizations}
 
     async def close(self) -> None:

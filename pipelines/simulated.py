@@ -2,7 +2,7 @@
 
 `kind = "simulated"` models go through exactly the same `LocalDiffusersBackend` (scheduler, `BatchKey`
 grouping, per-image seeds, `batch_size`/`device_ms`), only `_create_runner` differs. The runner's worker
-thread makes real images of the requested size (a per-seed gradient with 4 bits of noise, so a
+thread makes real pixels of the requested size (a per-seed gradient with 4 bits of noise, so a
 1024x1024 PNG is ~1.9 MB and costs what a real one costs to encode) and then sleeps out the rest of
 the batch's device time, which releases the GIL as a GPU kernel wait would:
 
@@ -36,7 +36,8 @@ from pipelines.scheduler import BatchKey, ImageJobSpec
 from pipelines.types import Readiness
 
 if TYPE_CHECKING:
-    from PIL.Image import Image
+    import numpy as np
+    from numpy.typing import NDArray
 
     from server.registry import ModelSpec
     from server.settings import Settings
@@ -72,10 +73,10 @@ class DeviceProfile:
 FLUX_DEV_H100 = DeviceProfile(step_seconds_base=0.0286, step_seconds_per_megapixel=0.1975)
 
 
-def synthesize_image(width: int, height: int, seed: int) -> Image:
-    """A deterministic image for `seed`: a colour gradient plus 4 bits of noise (PNG ~60% of raw)."""
+def synthesize_pixels(width: int, height: int, seed: int) -> NDArray[np.uint8]:
+    """Deterministic (height, width, 3) uint8 pixels for `seed`: a colour gradient plus 4 bits of noise (as a
+    PNG, ~60% of raw), the form every local runner returns (`pipelines.pixels`)."""
     import numpy as np
-    from PIL import Image as PILImage
 
     rng = np.random.default_rng(seed)
     start = rng.integers(0, 128, 3)
@@ -84,7 +85,7 @@ def synthesize_image(width: int, height: int, seed: int) -> Image:
     down = np.outer(np.linspace(0, 0.5, height), span).astype(np.int16)  # (h, 3)
     pixels = (across[None, :, :] + down[:, None, :]).clip(0, 239).astype(np.uint8)
     pixels += np.frombuffer(rng.bytes(width * height * 3), np.uint8).reshape(height, width, 3) & 15
-    return PILImage.fromarray(pixels, "RGB")
+    return pixels
 
 
 class SimulatedRunner:
@@ -116,11 +117,11 @@ class SimulatedRunner:
     async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> list[Any]:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_sync, key, list(specs))
 
-    def run_sync(self, key: BatchKey, specs: list[ImageJobSpec]) -> list[Image]:
+    def run_sync(self, key: BatchKey, specs: list[ImageJobSpec]) -> list[NDArray[np.uint8]]:
         """Make the images, then wait out the rest of the batch's device time (making them is part of it)."""
         started = self._clock()
         device_s = self.profile.batch_seconds(key.steps, key.width, key.height, len(specs))
-        images = [synthesize_image(key.width, key.height, spec.seed) for spec in specs]
+        images = [synthesize_pixels(key.width, key.height, spec.seed) for spec in specs]
         remaining = device_s - (self._clock() - started)
         if remaining > 0:
             self._sleep(remaining)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from PIL.Image import Image
+    import numpy as np
+    from numpy.typing import NDArray
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,10 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class GeneratedImage:
-    """One image: a PIL image (local models) or encoded bytes (vendors), never both."""
+    """One image: uint8 pixels of shape (height, width, 3) (local models) or encoded bytes (vendors), never
+    both."""
 
-    image: Image | None = None
+    pixels: NDArray[np.uint8] | None = None
     data: bytes | None = None
     mime_type: str | None = None
     seed: int | None = None

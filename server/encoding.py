@@ -6,6 +6,8 @@ import io
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
     from PIL.Image import Image
 
 EXTENSIONS = {"png": "png", "jpeg": "jpeg", "webp": "webp"}
@@ -25,6 +27,14 @@ def encode_image(image: Image, output_format: str = "png", compression: int | No
         quality = 90 if compression is None else max(1, 100 - compression)
         image.save(buffer, format="WEBP", quality=quality)
     return buffer.getvalue()
+
+
+def encode_pixels(pixels: NDArray[np.uint8], output_format: str = "png", compression: int | None = None) -> bytes:
+    """Encode a local model's (height, width, 3) uint8 pixels; the PIL image is made here, on the caller's
+    (encoder) thread, not on the device's."""
+    from PIL import Image as PILImage
+
+    return encode_image(PILImage.fromarray(pixels, "RGB"), output_format, compression)
 
 
 def transcode(data: bytes, output_format: str, compression: int | None = None) -> bytes:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult, ImageBackend
 from server.auth import Principal
-from server.encoding import MIME_TO_FORMAT, encode_image, transcode
+from server.encoding import MIME_TO_FORMAT, encode_pixels, transcode
 from server.errors import ApiError
 from server.protocol import ImageGenerationBody, to_generation_request
 from server.registry import ModelRegistry, ModelSpec
@@ -167,8 +167,8 @@ class ImageService:
         self, image: GeneratedImage, body: ImageGenerationBody, request_id: str, link_base: str | None
     ) -> dict[str, Any]:
         output_format = body.output_format or "png"
-        if image.image is not None:
-            encoded = encode_image(image.image, output_format, body.output_compression)
+        if image.pixels is not None:
+            encoded = encode_pixels(image.pixels, output_format, body.output_compression)
         elif image.data is not None:
             if body.output_format is None:  # keep the vendor's own format unless asked otherwise
                 output_format = MIME_TO_FORMAT.get(image.mime_type or "", "png")

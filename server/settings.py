@@ -53,8 +53,8 @@ AttentionBackendName = Literal[
 ]
 # Per-model speed and memory options; each one's trade-off is in the table in pipelines/optimizations.py.
 OPTIMIZATION_FIELDS = frozenset({
-    "attention_backend", "compile", "fuse_qkv", "quantize", "channels_last_vae", "vae_tiling", "cpu_offload",
-    "warmup_sizes", "warmup_steps", "debug_oom_above_images",
+    "attention_backend", "compile", "compile_vae", "fuse_qkv", "quantize", "channels_last_vae", "vae_tiling",
+    "cpu_offload", "warmup_sizes", "warmup_steps", "debug_oom_above_images",
 })
 
 
@@ -85,6 +85,7 @@ class ModelSettings(BaseModel):
     # Optimizations (see OPTIMIZATION_FIELDS): what cannot apply on this machine switches off, logged.
     attention_backend: AttentionBackendName = "native"
     compile: Literal["off", "regional", "full"] = "off"
+    compile_vae: bool = True  # with compile on, the VAE decoder is compiled too
     fuse_qkv: bool = False
     quantize: Literal["none", "fp8"] = "none"
     channels_last_vae: bool = False

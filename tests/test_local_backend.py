@@ -76,7 +76,7 @@ async def test_a_client_leaving_during_the_first_load_neither_cancels_nor_repeat
     await asyncio.sleep(0.01)
     backend.gate.set()
     result = await second
-    assert [image.image for image in result.images] == [5, 6]
+    assert [image.pixels for image in result.images] == [5, 6]
     assert len(backend.runners) == 1 and backend.runners[0].loaded and not backend.runners[0].closed
     await backend.close()
 

@@ -198,8 +198,8 @@ def _runner(model_cache: Path, model: str = "tiny-flux", **fields) -> DiffusersR
 async def _images(runner: DiffusersRunner, size: int = 256, n: int = 2, steps: int = 1) -> list[np.ndarray]:
     key = BatchKey(runner._spec.id, size, size, steps, 3.5, runner._spec.max_sequence_length)
     images = (await runner.run_batch(key, [ImageJobSpec("a red cube", seed) for seed in range(n)])).outputs
-    assert [image.size for image in images] == [(size, size)] * n
-    return [np.asarray(image, dtype=np.int16) for image in images]
+    assert [(image.shape, image.dtype) for image in images] == [((size, size, 3), np.uint8)] * n
+    return [image.astype(np.int16) for image in images]
 
 
 @pytest.mark.slow

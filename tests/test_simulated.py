@@ -8,12 +8,13 @@ import io
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from openai import AsyncOpenAI
 from PIL import Image
 
 from pipelines.scheduler import BatchKey, ImageJobSpec
-from pipelines.simulated import FLUX_DEV_H100, DeviceProfile, SimulatedBackend, SimulatedRunner, synthesize_image
+from pipelines.simulated import FLUX_DEV_H100, DeviceProfile, SimulatedBackend, SimulatedRunner, synthesize_pixels
 from server.app import build_registry
 from server.backends import build_backend
 from server.settings import load_settings
@@ -49,11 +50,11 @@ def test_runner_sleeps_exactly_the_batch_device_time_and_returns_exact_sizes() -
     images = runner.run_sync(key, [ImageJobSpec("a", seed) for seed in (1, 2, 3)])
     runner.close()
     assert slept == [pytest.approx(7 * (0.01 + 0.2 * 3 * 320 * 192 / 1e6) * 0.5)]
-    assert [image.size for image in images] == [(320, 192)] * 3
+    assert [(image.shape, image.dtype) for image in images] == [((192, 320, 3), np.uint8)] * 3
 
 
 def test_images_are_deterministic_per_seed() -> None:
-    first, again, other = (synthesize_image(64, 48, seed).tobytes() for seed in (7, 7, 8))
+    first, again, other = (synthesize_pixels(64, 48, seed).tobytes() for seed in (7, 7, 8))
     assert first == again
     assert first != other
 

@@ -33,8 +33,9 @@ def _hub_cache_layout(model_cache: Path, repo_id: str, folder: Path) -> None:
 def test_a_diffusers_folder_as_source_is_served(tmp_path: Path, model_cache: Path) -> None:
     folder = tmp_path / "my-flux"
     shutil.copytree(build_tiny_model(model_cache, "tiny-flux"), folder)
+    # device="cpu": a full-size kind (here flux) runs on the CPU only when asked (see test_gpu_detection.py).
     with running_server(data_dir=tmp_path / "data", model_cache=tmp_path / "empty-cache", api_keys=TEST_KEYS,
-                        models={"flux-dev": {"source": str(folder), "default_steps": 1}}) as server:
+                        device="cpu", models={"flux-dev": {"source": str(folder), "default_steps": 1}}) as server:
         listed = httpx.get(server.api_url + "/models/flux-dev", headers=AUTH).json()
         assert listed["ready"] is True and str(folder) in listed["status"]
         response = httpx.post(server.api_url + "/images/generations", json={**BODY, "model": "flux-dev"},
@@ -50,7 +51,7 @@ def test_a_hub_repo_in_the_model_cache_is_served(tmp_path: Path, model_cache: Pa
                       build_tiny_model(model_cache, "tiny-sd3"))
     location = locate_weights("sd3", "stabilityai/stable-diffusion-3-medium-diffusers", cache)
     assert location.found and location.cache_dir == cache
-    with running_server(data_dir=tmp_path / "data", model_cache=cache, api_keys=TEST_KEY) as server:
+    with running_server(data_dir=tmp_path / "data", model_cache=cache, api_keys=TEST_KEY, device="cpu") as server:
         response = httpx.post(server.api_url + "/images/generations",
                               json={**BODY, "model": "stable-diffusion-3", "n": 2}, headers=AUTH, timeout=120)
         assert response.status_code == 200, response.text
