@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pipelines.device import device_warning
 from pipelines.types import ImageBackend
 from server import __version__
 from server.auth import Principal
@@ -269,7 +270,10 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         ready = [model_id for model_id, backend in backends.items() if backend.readiness().ready]
-        return {"status": "ok", "version": __version__, "models_ready": ready}
+        # Off the loop: the first call imports torch to ask about CUDA. None when all is well; else a
+        # GPU box whose torch sees no CUDA device, with the fix.
+        warning = await asyncio.to_thread(device_warning, settings.device)
+        return {"status": "ok", "version": __version__, "models_ready": ready, "device_warning": warning}
 
     return app
 

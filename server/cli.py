@@ -1,8 +1,9 @@
-"""The `imageserve` command: serve, models, pull."""
+"""The `imageserve` command: serve, models, pull, doctor."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -84,6 +85,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     placement = choose_placement(settings.device, settings.dtype)
     logger.info("imageserve on %s: local models run on %s (%s)", settings.base_url, placement,
                 placement.reason or "CUDA available")
+    if placement.warning:
+        banner = "!" * 78
+        logger.warning("%s\nGPU PRESENT BUT TORCH SEES NO CUDA DEVICE: %s\nFull-size local models (SD3, FLUX) "
+                       "will not load; the tiny ones run on the CPU.\n%s", banner, placement.warning, banner)
+    elif placement.cpu_fallback:
+        logger.info("no CUDA device: full-size local models (SD3, FLUX) will not load on the CPU unless "
+                    "IMAGESERVE_DEVICE=cpu; the tiny models run")
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
@@ -95,6 +103,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     rows = [("MODEL", "PROVIDER", "READY", "PRICE/IMG", "RUNS ON", "STATUS")]
+    warnings: list[str] = []
     for spec in build_registry(settings):
         backend = build_backend(spec, settings)
         readiness = backend.readiness()
@@ -102,6 +111,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         runs_on = "vendor API"
         if describe:
             described = describe()
+            if described.get("device_warning") and described["device_warning"] not in warnings:
+                warnings.append(described["device_warning"])
             configured = described.get("optimizations", {}).get("configured", [])
             runs_on = " ".join(["{device}/{dtype}".format(**described), *configured])
         rows.append((spec.id, spec.provider, "yes" if readiness.ready else "no", f"${spec.price_usd:.3f}",
@@ -109,6 +120,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    for warning in warnings:
+        print(f"\nWARNING: {warning}")
     return 0
 
 
@@ -143,6 +156,15 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Print what this machine can and cannot do; exit 0 even when things are missing (it is a diagnosis)."""
+    from server.doctor import diagnose, render_text
+
+    report = diagnose(_settings(args))
+    print(json.dumps(report, indent=2) if args.json else render_text(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imageserve", description="Self-hosted OpenAI-compatible image server.")
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file")
@@ -162,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("model")
     pull.add_argument("--config", type=Path, default=argparse.SUPPRESS)
     pull.set_defaults(handler=cmd_pull)
+
+    doctor = commands.add_parser("doctor", help="diagnose torch, CUDA, GPUs, compilers, model cache and options")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output (for bug reports)")
+    doctor.add_argument("--config", type=Path, default=argparse.SUPPRESS)
+    doctor.set_defaults(handler=cmd_doctor)
 
     from server.bench import add_bench_command
 
