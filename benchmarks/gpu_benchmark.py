@@ -18,17 +18,26 @@ guidance): a random-init T5-XXL alone is 4.7B parameters, and text encoding is a
 Reference points for FLUX.1-dev, 1024x1024, 28 steps, batch 1, one H100 (published): diffusers bf16 eager
 about 6.6 s; torch.compile about 4.2 s; compile + fp8 dynamic quantization + fused QKV about 3.0 s.
 
-No GPU was available when this script was written, so `benchmarks/results/` holds no GPU numbers yet:
-run it on any CUDA machine (`python benchmarks/gpu_benchmark.py`, an estimated 20-30 minutes on an H100 with
-the defaults; FLUX.1-dev's transformer alone is 22.2 GiB in bf16, the rows record the real peak memory).
-Without CUDA it exits with code 2. `--smoke` runs the same code path on the CPU with tiny widths, a small
-size and 2 steps, so the test suite exercises it anywhere; its numbers mean nothing. `--cpu` runs the
-full-size architectures on the CPU in fp32 (SD3-medium needs about 10 GB of RAM, FLUX.1-dev about 50):
-slow, but it checks the full-size path end to end where there is no GPU; its times are not GPU results.
+Every run starts with the environment probe (`benchmarks/environment_probe.py`: package versions, GPU,
+driver, cuDNN, free memory, compilers), whose result goes into the report. Without CUDA, or without
+diffusers, it names what is missing and exits with code 2 before anything is built.
+
+No GPU was available when this script was written, so `benchmarks/results/` holds no GPU numbers yet.
+The full run (`python benchmarks/gpu_benchmark.py`) takes an estimated 25-35 minutes on one H200; FLUX.1-dev's
+transformer alone is 22.2 GiB in bf16, the rows record the real peak memory. `--preset lease` measures what
+fits one 15-minute GPU lease in under 8 minutes: FLUX.1-dev eager, the suggested profile, and the suggested
+profile with cuDNN attention, then SD3-medium eager and suggested, batch 1, 2 timed calls, with a deadline
+(`--deadline-s`, default 480 s) after which the remaining configurations are recorded as skipped;
+`benchmarks/lease.py` has the plan and its time budget, `benchmarks/lease.sh` runs it on a lent machine.
+`--smoke` runs the same code path on the CPU with tiny widths, 128 px and 2 steps, so the test suite
+exercises it anywhere; its numbers mean nothing. `--cpu` runs the full-size architectures on the CPU in fp32
+(SD3-medium needs about 10 GB of RAM, FLUX.1-dev about 50): slow, but it checks the full-size path end to end
+where there is no GPU; its times are not GPU results.
 
     python benchmarks/gpu_benchmark.py                                  # everything
+    python benchmarks/gpu_benchmark.py --preset lease                   # one lease: 5 configs, < 8 minutes
     python benchmarks/gpu_benchmark.py --models flux-dev --configs eager compile --batch-sizes 1
-    python benchmarks/gpu_benchmark.py --smoke --out /tmp/results       # CPU, tiny, seconds
+    python benchmarks/gpu_benchmark.py --preset lease --smoke --out /tmp/results   # CPU, tiny, seconds
     python benchmarks/gpu_benchmark.py --cpu --models sd3-medium        # CPU, full size, 256 px, 1 step
 """
 
@@ -36,13 +45,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import platform
 import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +61,10 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.architectures import ARCHITECTURES, Architecture, build_pipeline, call_arguments  # noqa: E402
-from benchmarks.compute_floor import META, SUSTAINED_BF16_TFLOPS, CallFlops, count_call_flops  # noqa: E402
+from benchmarks.compute_floor import META, CallFlops, count_call_flops  # noqa: E402
+from benchmarks.environment_probe import Environment, probe  # noqa: E402
+from benchmarks.lease import LEASE_DEADLINE_S, LEASE_JOBS, LEASE_REPEATS, Deadline, Job, skip_reason  # noqa: E402
+from benchmarks.report import to_markdown, write_report  # noqa: E402
 from pipelines.device import Placement  # noqa: E402
 from pipelines.memory import free_device_memory, is_out_of_memory  # noqa: E402
 from pipelines.optimizations import (  # noqa: E402
@@ -69,7 +82,9 @@ CONFIGS: dict[str, OptimizationOptions] = {
     "compile-fp8": OptimizationOptions(compile="regional", quantize="fp8"),
     "compile-fp8-fused": OptimizationOptions(compile="regional", quantize="fp8", fuse_qkv=True),
 }
-PUBLISHED_H100_FLUX = {"eager": 6.6, "compile": 4.2, "compile-fp8-fused": 3.0}  # s, batch 1
+PRESETS = ("lease",)
+SMOKE_COMPILE_OFF = ("smoke run: torch.compile left out to keep the CPU check short (tens of seconds per compiled "
+                     "configuration on a small CPU); --smoke-compile keeps it")
 
 
 def _synchronize(device: str) -> None:
@@ -84,9 +99,9 @@ def _failure(exc: BaseException) -> str:
     return "out of memory" if is_out_of_memory(exc) else f"failed: {type(exc).__name__}: {exc}"[:300]
 
 
-def time_config(arch: Architecture, config: str, placement: Placement, *, tiny: bool, batch_sizes: list[int],
-                size: int, steps: int, repeats: int) -> list[dict[str, Any]]:
-    """Build a fresh pipeline (compile and fp8 change it in place), apply `config`, time each batch size.
+def time_config(arch: Architecture, config: str, placement: Placement, *, options: OptimizationOptions, tiny: bool,
+                batch_sizes: list[int], size: int, steps: int, repeats: int) -> list[dict[str, Any]]:
+    """Build a fresh pipeline (compile and fp8 change it in place), apply `options`, time each batch size.
 
     Failures are recorded in the rows (`error`) rather than raised, so one broken configuration leaves the
     others' numbers intact.
@@ -97,7 +112,7 @@ def time_config(arch: Architecture, config: str, placement: Placement, *, tiny: 
     pipe = None
     try:
         pipe = build_pipeline(arch, placement, tiny)
-        applied = apply_optimizations(pipe, plan_optimizations(CONFIGS[config], placement), placement)
+        applied = apply_optimizations(pipe, plan_optimizations(options, placement), placement)
     except Exception as exc:
         logger.exception("%s %s: building or optimizing the pipeline failed", arch.name, config)
         failure = _failure(exc)
@@ -160,120 +175,114 @@ def add_compute_rates(rows: list[dict[str, Any]], flops: dict[tuple[str, int], C
             row["achieved_tflops"] = call_tflop / row["mean_s"]
 
 
-def machine_info(placement: Placement) -> dict[str, Any]:
-    import diffusers
+def machine_info(placement: Placement, env: Environment) -> dict[str, Any]:
+    """The machine as the report's header shows it; the probe's full result goes beside it (`environment`)."""
     import torch
 
-    info: dict[str, Any] = {"device": placement.device, "torch": torch.__version__, "diffusers": diffusers.__version__,
-                            "python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
-    try:
-        import torchao
-
-        info["torchao"] = torchao.__version__
-    except ImportError:
-        info["torchao"] = None
+    info: dict[str, Any] = {"device": placement.device, "torch": env.packages["torch"],
+                            "diffusers": env.packages["diffusers"], "torchao": env.packages.get("torchao"),
+                            "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+                            "probed": env.date}
     if placement.device == "cuda":
         properties = torch.cuda.get_device_properties(0)
         info.update(gpu=properties.name, compute_capability=".".join(map(str, torch.cuda.get_device_capability())),
-                    gpu_memory_gib=round(properties.total_memory / 2**30, 1), cuda=torch.version.cuda)
+                    gpu_memory_gib=round(properties.total_memory / 2**30, 1), cuda=torch.version.cuda,
+                    driver=env.cuda.get("driver"), cudnn=env.cuda.get("cudnn"),
+                    gpu_memory_free_gib=env.cuda.get("memory_free_gib"))
     else:
         info["gpu"] = None
     return info
 
 
-def _tflops(row: dict[str, Any]) -> str:
-    return f"{row['achieved_tflops']:.1f}" if "achieved_tflops" in row else "-"
+def plan_jobs(args: argparse.Namespace) -> list[Job]:
+    if args.preset == "lease":
+        return list(LEASE_JOBS)
+    return [Job(model, config, CONFIGS[config]) for model in args.models for config in args.configs]
 
 
-def _cpu_title(report: dict[str, Any]) -> str:
-    if report.get("cpu_full_size"):
-        return "CPU, full-size architectures in fp32 (checks the full-size path; not GPU results)"
-    return "CPU (smoke run: numbers mean nothing)"
-
-
-def to_markdown(report: dict[str, Any]) -> str:
-    machine, setup = report["machine"], report["settings"]
-    cuda = f", CUDA {machine['cuda']}, compute capability {machine['compute_capability']}" if machine["gpu"] else ""
-    lines = [
-        f"# GPU benchmark: {machine.get('gpu') or _cpu_title(report)}",
-        "",
-        f"Date {report['date']}; torch {machine['torch']}, diffusers {machine['diffusers']}, "
-        f"torchao {machine['torchao'] or 'not installed'}{cuda}",
-        f"{setup['size']}x{setup['size']}, {setup['steps']} steps, {setup['dtype']}, random weights, text encoders "
-        f"not run (random prompt embeddings), mean of {setup['repeats']} calls after one warm-up call.",
-        "",
-        "| model | config | batch | s per call | s per image | images/s | vs eager | TFLOP/s | peak GiB | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    eager = {(row["model"], row["batch"]): row.get("s_per_image") for row in report["results"]
-             if row["config"] == "eager"}
-    for row in report["results"]:
-        notes = "; ".join(f"{name} off: {reason}" for name, reason in row["switched_off"].items())
-        if "error" in row:
-            lines.append(f"| {row['model']} | {row['config']} | {row['batch']} | - | - | - | - | - | "
-                         f"{row.get('peak_memory_gib', '-')} | {row['error']} {notes} |")
-            continue
-        base = eager.get((row["model"], row["batch"]))
-        speedup = f"{base / row['s_per_image']:.2f}x" if base else "-"
-        lines.append(f"| {row['model']} | {row['config']} | {row['batch']} | {row['mean_s']:.3f} | "
-                     f"{row['s_per_image']:.3f} | {row['images_per_s']:.3f} | {speedup} | "
-                     f"{_tflops(row)} | {row.get('peak_memory_gib', '-')} | {notes} |")
-    floors = {(row["model"], row["batch"]): row["tflop_per_call"] for row in report["results"]
-              if "tflop_per_call" in row}
-    lines += ["", "TFLOP/s: the call's FLOPs (counted on the meta device by `benchmarks/compute_floor.py`, text "
-              "encoders excluded) over its time. Compute floor per call at "
-              f"{SUSTAINED_BF16_TFLOPS:g} TFLOP/s: "
-              + ", ".join(f"{model} batch {batch} {tflop / SUSTAINED_BF16_TFLOPS:.2f} s"
-                          for (model, batch), tflop in floors.items()) + ".",
-              "", "Published FLUX.1-dev batch-1 times on one H100 for comparison: "
-              + ", ".join(f"{name} {seconds} s" for name, seconds in PUBLISHED_H100_FLUX.items()) + "."]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict[str, Any], stem: Path) -> None:
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(to_markdown(report))
+def run_job(job: Job, args: argparse.Namespace, placement: Placement, *, reason: str | None,
+            clock: Callable[[], float]) -> list[dict[str, Any]]:
+    """The rows of one configuration: timed, or skipped with `reason`; each says what it is and what it asked."""
+    started = clock()
+    options, compile_off = job.options, None
+    if args.smoke and not args.smoke_compile and options.compile != "off":
+        options, compile_off = replace(options, compile="off"), SMOKE_COMPILE_OFF
+    if reason:
+        logger.warning("%s %s skipped: %s", job.model, job.config, reason)
+        rows = [{"model": job.model, "config": job.config, "batch": batch, "applied": {}, "switched_off": {},
+                 "skipped": reason} for batch in args.batch_sizes]
+    else:
+        rows = time_config(ARCHITECTURES[job.model], job.config, placement, options=options, tiny=args.smoke,
+                           batch_sizes=args.batch_sizes, size=args.size, steps=args.steps, repeats=args.repeats)
+    for row in rows:
+        row.update(label=job.label, requested=job.options.summary() or ["none"])
+        if compile_off and not reason:
+            row["switched_off"]["compile"] = compile_off
+        if job.anchor:
+            row["anchor"] = job.anchor
+        if not reason:
+            row["config_s"] = round(clock() - started, 1)
+    return rows
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", choices=sorted(ARCHITECTURES), default=list(ARCHITECTURES))
+    parser.add_argument("--preset", choices=PRESETS, default=None,
+                        help="lease: the 5 configurations that fit one 15-minute GPU lease (benchmarks/lease.py)")
+    parser.add_argument("--models", nargs="+", choices=sorted(ARCHITECTURES), default=None)
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None,
                         help="default: all on a GPU, eager with --smoke or --cpu")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
-                        help="default: 1 2 4 (1 2 with --smoke, 1 with --cpu)")
+                        help="default: 1 2 4 (1 2 with --smoke, 1 with --cpu or --preset lease)")
     parser.add_argument("--size", type=int, default=None,
                         help="square side; default 1024 (128 with --smoke, 256 with --cpu)")
     parser.add_argument("--steps", type=int, default=None, help="default 28 (2 with --smoke, 1 with --cpu)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per cell; default 3 (1 on the CPU)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed calls per cell; default 3 (2 with --preset lease, 1 on the CPU)")
+    parser.add_argument("--deadline-s", type=float, default=None,
+                        help="seconds after the start when no further configuration starts (recorded as skipped); "
+                             f"default none ({LEASE_DEADLINE_S:g} with --preset lease)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     on_cpu = parser.add_mutually_exclusive_group()
     on_cpu.add_argument("--smoke", action="store_true", help="CPU, tiny widths: checks the code path, not speed")
     on_cpu.add_argument("--cpu", action="store_true", help="CPU, full size, fp32: checks the full-size path")
+    parser.add_argument("--smoke-compile", action="store_true",
+                        help="with --smoke: compile as configured instead of leaving torch.compile out")
     args = parser.parse_args(argv)
+    lease = args.preset == "lease"
+    if lease and (args.models or args.configs or args.batch_sizes):
+        parser.error("--preset lease fixes the models, configs and batch size; drop --models, --configs and "
+                     "--batch-sizes")
+    args.models = args.models or list(ARCHITECTURES)
     args.configs = args.configs or (["eager"] if args.smoke or args.cpu else list(CONFIGS))
-    args.batch_sizes = args.batch_sizes or ([1, 2] if args.smoke else [1] if args.cpu else [1, 2, 4])
+    args.batch_sizes = args.batch_sizes or ([1] if lease or args.cpu else [1, 2] if args.smoke else [1, 2, 4])
     args.size = args.size or (128 if args.smoke else 256 if args.cpu else 1024)
     args.steps = args.steps or (2 if args.smoke else 1 if args.cpu else 28)
-    args.repeats = args.repeats or (1 if args.smoke or args.cpu else 3)
-    if args.size % 16 or min(args.batch_sizes) < 1 or args.repeats < 1:
-        parser.error("--size must be a multiple of 16; batch sizes and --repeats at least 1")
+    args.repeats = args.repeats or (1 if args.smoke or args.cpu else LEASE_REPEATS if lease else 3)
+    if args.deadline_s is None and lease:
+        args.deadline_s = LEASE_DEADLINE_S
+    if args.size % 16 or min(args.batch_sizes) < 1 or args.repeats < 1 or (args.deadline_s or 0) < 0:
+        parser.error("--size must be a multiple of 16; batch sizes and --repeats at least 1; --deadline-s >= 0")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, clock: Callable[[], float] = time.monotonic) -> int:
+    started = clock()  # the deadline counts from here: probe and FLOP count included
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
-
     on_cpu = args.smoke or args.cpu
-    if not on_cpu and not torch.cuda.is_available():
-        print("error: this benchmark needs a CUDA GPU and torch sees none (is the CUDA build of torch installed?). "
-              "Use --smoke or --cpu to check the code path on the CPU.", file=sys.stderr)
+    env = probe(require_cuda=not on_cpu)
+    print(env.summary(), flush=True)
+    if not env.ok:
+        print("error: missing: " + "; ".join(env.missing) + ". This benchmark needs a CUDA GPU, torch and diffusers "
+              "(is the CUDA build of torch installed?). Use --smoke or --cpu to check the code path on the CPU.",
+              file=sys.stderr)
         return 2
     placement = Placement("cpu", "fp32") if on_cpu else Placement("cuda", "bf16")
+    jobs = plan_jobs(args)
+    models = list(dict.fromkeys(job.model for job in jobs))
     flops = {}  # counted first, on the meta device: seconds, and a broken architecture fails before any timing
-    for model in args.models:
+    for model in models:
         meta_pipe = build_pipeline(ARCHITECTURES[model], META, args.smoke)
         for batch in args.batch_sizes:
             flops[model, batch] = count_call_flops(ARCHITECTURES[model], batch=batch, size=args.size,
@@ -281,25 +290,30 @@ def main(argv: list[str] | None = None) -> int:
     now = dt.datetime.now(dt.UTC)
     report = {
         "date": now.isoformat(timespec="seconds"),
+        "preset": args.preset,
         "smoke": args.smoke,
         "cpu_full_size": args.cpu,
-        "machine": machine_info(placement),
+        "machine": machine_info(placement, env),
+        "environment": env.as_dict(),
         "settings": {"size": args.size, "steps": args.steps, "dtype": placement.dtype, "repeats": args.repeats,
-                     "batch_sizes": args.batch_sizes, "configs": args.configs, "models": args.models},
+                     "batch_sizes": args.batch_sizes, "deadline_s": args.deadline_s, "models": models,
+                     "configs": [f"{job.model} {job.config}" for job in jobs]},
         "note": "random weights; text encoders not run: random prompt embeddings of the real shapes",
         "results": [],
     }
     gpu = report["machine"]["gpu"]
     label = "smoke-cpu" if args.smoke else "cpu-full-size" if args.cpu else re.sub(r"[^a-z0-9]+", "-", gpu.lower())
-    stem = args.out / f"gpu-benchmark-{label}-{now:%Y%m%d-%H%M%S}"
+    preset = f"{args.preset}-" if args.preset else ""
+    stem = args.out / f"gpu-benchmark-{preset}{label}-{now:%Y%m%d-%H%M%S}"
     args.out.mkdir(parents=True, exist_ok=True)
-    for model in args.models:
-        for config in args.configs:
-            rows = time_config(ARCHITECTURES[model], config, placement, tiny=args.smoke,
-                               batch_sizes=args.batch_sizes, size=args.size, steps=args.steps, repeats=args.repeats)
-            add_compute_rates(rows, flops)
-            report["results"] += rows
-            write_report(report, stem)  # after every config: a run cut short keeps what it measured
+    deadline = Deadline(args.deadline_s, clock, started)
+    for job in jobs:
+        reason = skip_reason(job, has_torchao=env.packages.get("torchao") is not None, deadline=deadline,
+                             on_gpu=not on_cpu)
+        rows = run_job(job, args, placement, reason=reason, clock=clock)
+        add_compute_rates(rows, flops)
+        report["results"] += rows
+        write_report(report, stem)  # after every config: a run cut short keeps what it measured
     print(to_markdown(report))
     print(f"wrote {stem}.json and .md")
     return 0
