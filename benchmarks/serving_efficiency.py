@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.simulated import DeviceProfile, synthesize_pixels  # noqa: E402
-from server.encoding import encode_pixels  # noqa: E402
+from server.media.encoding import encode_pixels  # noqa: E402
 
 PROFILE = ROOT / "benchmarks" / "profiles" / "flux-dev-sim-h100.toml"
 MODEL = "flux-dev-sim-h100"
@@ -73,7 +73,7 @@ def start_server(workdir: Path, time_scale: float, batch_wait_ms: float) -> tupl
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("IMAGESERVE_")},
            "IMAGESERVE_DATA_DIR": str(workdir / "data"), "IMAGESERVE_MODEL_CACHE": str(workdir / "cache"),
            "IMAGESERVE_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "server.cli", "--config", str(config), "serve",
+    process = subprocess.Popen([sys.executable, "-m", "server.cli.main", "--config", str(config), "serve",
                                 "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=open(workdir / "server.log", "wb"))  # noqa: SIM115
     base = f"http://127.0.0.1:{port}"

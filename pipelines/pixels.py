@@ -3,7 +3,7 @@
 A runner's output per image is an `(height, width, 3)` uint8 numpy array. The conversion from the
 pipeline's float output happens on the device (a quarter of the bytes to copy, and no float work on the
 worker thread), the copy to the CPU happens once for the whole batch, and PIL images are made later, on the
-encoder threads (`server.encoding.encode_pixels`), after the device has been let go.
+encoder threads (`server.media.encoding.encode_pixels`), after the device has been let go.
 """
 
 from __future__ import annotations

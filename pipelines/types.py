@@ -1,6 +1,6 @@
 """Internal types shared by every backend: what a generation asks for and what it gives back.
 
-Wire types (pydantic) stay at the HTTP edge in `server.protocol`; inside the server only these small
+Wire types (pydantic) stay at the HTTP edge in `server.api.protocol`; inside the server only these small
 frozen dataclasses travel. Local diffusers models and vendor adapters implement one `ImageBackend`.
 """
 

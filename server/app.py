@@ -22,19 +22,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipelines.device import device_warning
 from pipelines.types import ImageBackend
 from server import __version__
-from server.auth import Principal
-from server.backends import build_backend
-from server.db import Database
+from server.accounts.credentials import Principal
+from server.accounts.database import Database
+from server.accounts.keys import KeyAuthenticator, KeyStore
+from server.accounts.ledger import UsageLedger
+from server.api.protocol import ImageGenerationBody, parse_body
+from server.api.usage import build_usage_router
+from server.backends.factory import build_backend
 from server.errors import ApiError, InvalidRequest, NotFound
-from server.keys import KeyAuthenticator, KeyStore
+from server.media.storage import ImageStore, load_or_create_signing_key
 from server.metrics import Metrics
-from server.protocol import ImageGenerationBody, parse_body
 from server.registry import ModelRegistry
 from server.service import ImageService, UsageGate
 from server.settings import Settings
-from server.storage import ImageStore, load_or_create_signing_key
-from server.usage import UsageLedger
-from server.usage_routes import build_usage_router
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The model registry, as data: every model the server knows, local or hosted.
 
 The table starts from the spec (sizes, max images, prices) plus the two tiny random-weight demo
-models. A `ModelSpec` says what a model accepts; `server.protocol` checks requests against it and
+models. A `ModelSpec` says what a model accepts; `server.api.protocol` checks requests against it and
 the backends are built from its `kind`.
 """
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult, ImageBackend
-from server.auth import Principal
-from server.encoding import MIME_TO_FORMAT, encode_pixels, transcode
+from server.accounts.credentials import Principal
+from server.api.protocol import ImageGenerationBody, to_generation_request
 from server.errors import ApiError
-from server.protocol import ImageGenerationBody, to_generation_request
+from server.media.encoding import MIME_TO_FORMAT, encode_pixels, transcode
+from server.media.storage import ImageStore
 from server.registry import ModelRegistry, ModelSpec
-from server.storage import ImageStore
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Outcome:
 
 
 class UsageGate(Protocol):
-    """Admission before work (quotas) and accounting after it (ledger). See `server.usage`."""
+    """Admission before work (quotas) and accounting after it (ledger). See `server.accounts.ledger`."""
 
     async def admit(self, principal: Principal, request: GenerationRequest) -> None:
         """Reserve `request.n` images for the principal or raise `RateLimitExceeded`."""

@@ -26,7 +26,7 @@ from pydantic_settings import (
 )
 
 Dtype = Literal["bf16", "fp16", "fp32"]
-# server.backends.BACKEND_FACTORIES has one entry per kind.
+# server.backends.factory.BACKEND_FACTORIES has one entry per kind.
 ModelKind = Literal["sd3", "flux", "tiny-sd3", "tiny-flux", "simulated", "openai", "bfl", "ideogram", "google"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 # Every settings model: errors name the field but never echo the value (it may be a key or a password),
@@ -267,13 +267,13 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     providers: ProvidersSettings = Field(default_factory=ProvidersSettings)
-    # Keys, quotas and the usage ledger (server.db): SQLite in data_dir unless a URL is given.
+    # Keys, quotas and the usage ledger (server.accounts.database): SQLite in data_dir unless a URL is given.
     database_url: SecretStr | None = None  # e.g. postgresql://user:pw@host:5432/imageserve
     tiers: dict[str, TierSettings] = Field(
         default_factory=lambda: {name: TierSettings(**limits) for name, limits in DEFAULT_TIERS.items()})
     auth_failures_per_minute: int = Field(default=20, ge=0)  # per client IP, then 429; 0 = no limit
-    # HMAC key for the fingerprints of IMAGESERVE_API_KEYS keys (server.auth); default: a random one kept in
-    # data_dir. Replicas sharing a database must share it.
+    # HMAC key for the fingerprints of IMAGESERVE_API_KEYS keys (server.accounts.credentials); default: a random
+    # one kept in data_dir. Replicas sharing a database must share it.
     key_pepper: SecretStr | None = None
     # A quota reservation still pending after this long lost its server (crash) and is given back.
     # Keep it above the longest a request can take (model load + queue + generation + vendor retries).

@@ -78,7 +78,7 @@ def server_process(workdir: Path, config_toml: str, env: dict[str, str] | None =
     environment = {**clean, "IMAGESERVE_DATA_DIR": str(workdir / "data"), "PYTHONPATH": str(ROOT), **(env or {})}
     log = workdir / "server.log"
     with log.open("wb") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "server.cli", "--config", str(config), "serve",
+        process = subprocess.Popen([sys.executable, "-m", "server.cli.main", "--config", str(config), "serve",
                                     "--port", str(port)], cwd=ROOT, env=environment, stdout=subprocess.DEVNULL,
                                    stderr=stderr)
     base = f"http://127.0.0.1:{port}"

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.auth import parse_api_keys
-from server.cli import check_exposure
+from server.accounts.credentials import parse_api_keys
+from server.cli.main import check_exposure
 from server.settings import load_settings
 from tests.conftest import TEST_KEY
 from tests.server_harness import running_server
@@ -66,7 +66,7 @@ def test_exposure_rules(caplog: pytest.LogCaptureFixture) -> None:
 def test_serve_refuses_a_public_address_without_keys(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "IMAGESERVE_DATA_DIR": str(tmp_path), "HOME": str(tmp_path)}
     completed = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
+        [sys.executable, "-m", "server.cli.main", "serve", "--host", "0.0.0.0", "--port", "0"],
         capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).parents[1],
     )
     assert completed.returncode == 2
@@ -76,7 +76,7 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path: Path) -> None:
 def test_models_command_lists_provider_status_device_and_dtype(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "IMAGESERVE_DATA_DIR": str(tmp_path), "HOME": str(tmp_path),
            "IMAGESERVE_MODEL_CACHE": str(tmp_path / "cache")}
-    completed = subprocess.run([sys.executable, "-m", "server.cli", "models"], capture_output=True, text=True,
+    completed = subprocess.run([sys.executable, "-m", "server.cli.main", "models"], capture_output=True, text=True,
                                timeout=120, env=env, cwd=Path(__file__).parents[1])
     assert completed.returncode == 0, completed.stderr
     lines = {line.split()[0]: line for line in completed.stdout.splitlines()[1:]}

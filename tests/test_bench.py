@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from openai.types import Image
 
-from server.bench import (
+from server.cli.bench import (
     BenchOptions,
     PriceTable,
     RequestRecord,
@@ -21,7 +21,7 @@ from server.bench import (
     request_arguments,
     summarize,
 )
-from server.cli import main
+from server.cli.main import main
 from tests.emulators.common import EmulatorServer, png
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.server_harness import running_server

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from server.accounts.database import mask_url
 from server.app import create_app
-from server.cli import main
-from server.db import mask_url
+from server.cli.main import main
 from server.settings import load_settings
 
 ROOT = Path(__file__).parents[1]
@@ -34,7 +34,7 @@ def run_cli(tmp_path: Path, *argv: str, env: dict[str, str] | None = None,
     """The real command in its own process (for `serve`, whose success would block)."""
     environment = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
                    "IMAGESERVE_DATA_DIR": str(tmp_path / "data"), **(env or {})}
-    return subprocess.run([*prefix, sys.executable, "-m", "server.cli", *argv], capture_output=True, text=True,
+    return subprocess.run([*prefix, sys.executable, "-m", "server.cli.main", *argv], capture_output=True, text=True,
                           timeout=120, env=environment, cwd=ROOT)
 
 

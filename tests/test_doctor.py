@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pipelines.tiny import build_tiny_model
-from server.cli import main
-from server.doctor import human_size, model_cache_report
+from server.cli.doctor import human_size, model_cache_report
+from server.cli.main import main
 from tests.test_gpu_detection import fake_nvidia_smi
 
 SECTIONS = ("imageserve", "warnings", "torch", "nvidia_driver", "features", "packages", "compiler", "model_cache",

@@ -23,7 +23,7 @@ from pipelines.device import (
     gpu_without_cuda_warning,
     nvidia_gpu_evidence,
 )
-from server.cli import main
+from server.cli.main import main
 from tests.conftest import TEST_KEY, TEST_KEYS
 from tests.server_harness import running_server
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.cli import main
-from server.db import DB_FILENAME, Database
-from server.keys import KeyStore
+from server.accounts.database import DB_FILENAME, Database
+from server.accounts.keys import KeyStore
+from server.accounts.ledger import UsageLedger
+from server.cli.main import main
 from server.settings import load_settings
-from server.usage import UsageLedger
 from tests.pg_harness import postgres
 from tests.server_harness import running_server
 from tests.usage_fixtures import FakeClock, request, settle_ok

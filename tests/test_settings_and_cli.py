@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.app import build_registry
-from server.cli import main
+from server.cli.main import main
 from server.settings import load_settings
 
 ROOT = Path(__file__).parents[1]
@@ -67,7 +67,7 @@ def test_pull_builds_tiny_models_and_refuses_vendor_models(tmp_path: Path, monke
 def test_pull_reports_an_unreachable_hub_in_one_line(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
            "IMAGESERVE_MODEL_CACHE": str(tmp_path / "cache")}
-    completed = subprocess.run([sys.executable, "-m", "server.cli", "pull", "flux-dev"], capture_output=True,
+    completed = subprocess.run([sys.executable, "-m", "server.cli.main", "pull", "flux-dev"], capture_output=True,
                                text=True, timeout=120, env=env, cwd=ROOT)
     assert completed.returncode == 1
     assert "could not download black-forest-labs/FLUX.1-dev" in completed.stderr

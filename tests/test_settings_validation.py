@@ -8,8 +8,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from server.auth import parse_api_keys
-from server.backends import BACKEND_FACTORIES
+from server.accounts.credentials import parse_api_keys
+from server.backends.factory import BACKEND_FACTORIES
 from server.registry import ModelRegistry
 from server.settings import ModelKind, load_settings
 

@@ -16,7 +16,7 @@ from PIL import Image
 from pipelines.scheduler import BatchKey, ImageJobSpec
 from pipelines.simulated import FLUX_DEV_H100, DeviceProfile, SimulatedBackend, SimulatedRunner, synthesize_pixels
 from server.app import build_registry
-from server.backends import build_backend
+from server.backends.factory import build_backend
 from server.settings import load_settings
 from tests.server_harness import running_server
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from server.errors import ApiError
-from server.storage import ImageStore, load_or_create_signing_key
+from server.media.storage import ImageStore, load_or_create_signing_key
 
 NOW = 1_800_000_000.0
 
@@ -56,7 +56,7 @@ def test_the_sweep_never_deletes_an_image_being_saved(tmp_path: Path, monkeypatc
         real_replace(source, target)
         swept.append(store.delete_expired())
 
-    monkeypatch.setattr("server.storage.os.replace", replace_with_a_sweep_in_between)
+    monkeypatch.setattr("server.media.storage.os.replace", replace_with_a_sweep_in_between)
     url = store.save(b"png bytes", "png", "req_img_abc")
     assert swept == [0, 0]
     name, expires, sig = _parts(url)

@@ -16,14 +16,14 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
+from server.accounts.credentials import ANONYMOUS, bearer_token, key_fingerprint, parse_api_keys
+from server.accounts.database import Database, api_keys, usage_ledger
+from server.accounts.keys import KEY_PEPPER_FILENAME, KeyAuthenticator, KeyStore, load_key_pepper
+from server.accounts.ledger import UsageLedger, utc_day
 from server.app import create_app
-from server.auth import ANONYMOUS, bearer_token, key_fingerprint, parse_api_keys
-from server.db import Database, api_keys, usage_ledger
 from server.errors import AuthenticationError, RateLimitExceeded
-from server.keys import KEY_PEPPER_FILENAME, KeyAuthenticator, KeyStore, load_key_pepper
 from server.service import Outcome
 from server.settings import Settings, load_settings
-from server.usage import UsageLedger, utc_day
 from tests.server_harness import running_server
 from tests.usage_fixtures import FakeClock, free_key, request, settle_ok
 

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from server.cli import check_exposure
-from server.db import Database
-from server.keys import KeyStore
+from server.accounts.database import Database
+from server.accounts.keys import KeyStore
+from server.cli.main import check_exposure
 from server.settings import Settings, load_settings
 from tests.pg_harness import postgres
 from tests.server_harness import RunningServer, running_server

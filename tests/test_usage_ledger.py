@@ -8,12 +8,12 @@ import threading
 
 import pytest
 
-from server.db import Database
+from server.accounts.database import Database
+from server.accounts.keys import KeyStore
+from server.accounts.ledger import UsageLedger
 from server.errors import RateLimitExceeded
-from server.keys import KeyStore
 from server.service import Outcome
 from server.settings import load_settings
-from server.usage import UsageLedger
 from tests.usage_fixtures import T0, FakeClock, free_key, request, settle_ok
 
 PEPPER = b"test-pepper-" * 3

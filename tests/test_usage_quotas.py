@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from server.accounts.quotas import DAY, MINUTE, FailureLimiter, Limits, Window, refusal, seconds_until_fits
 from server.errors import RateLimitExceeded
-from server.quotas import DAY, MINUTE, FailureLimiter, Limits, Window, refusal, seconds_until_fits
 from server.settings import load_settings
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from pipelines.types import GenerationRequest
-from server.auth import Principal
-from server.db import Database
-from server.keys import KeyStore
+from server.accounts.credentials import Principal
+from server.accounts.database import Database
+from server.accounts.keys import KeyStore
+from server.accounts.ledger import UsageLedger
 from server.service import Outcome
 from server.settings import load_settings
-from server.usage import UsageLedger
 from tests.pg_harness import postgres
 
 T0 = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC).timestamp()

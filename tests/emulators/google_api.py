@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.vendors.sizes import IMAGEN_RATIOS
+from server.backends.vendors.sizes import IMAGEN_RATIOS
 from tests.emulators.common import EmulatorBase, png
 
 PREDICT_MODELS = {"imagen-3.0-generate-002", "imagen-4.0-generate-001"}

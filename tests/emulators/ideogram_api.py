@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.vendors.sizes import IDEOGRAM_RESOLUTIONS
+from server.backends.vendors.sizes import IDEOGRAM_RESOLUTIONS
 from tests.emulators.common import EmulatorBase, png
 
 MODELS = {"V_1", "V_1_TURBO", "V_2", "V_2_TURBO", "V_2A", "V_2A_TURBO"}

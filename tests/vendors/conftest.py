@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from pipelines.types import GenerationRequest
+from server.backends.vendors import build_vendor_backend
+from server.backends.vendors.backend import VendorBackend
 from server.errors import ApiError
 from server.registry import ModelRegistry
 from server.settings import Settings
-from server.vendors import build_vendor_backend
-from server.vendors.backend import VendorBackend
 from tests.emulators.bfl_api import BFLEmulator
 from tests.emulators.common import EmulatorServer
 from tests.emulators.google_api import GoogleEmulator

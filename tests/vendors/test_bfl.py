@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from server.backends.vendors.bfl import polling_url_allowed
 from server.errors import ContentPolicyViolation, RateLimitExceeded, ServerOverloaded, UpstreamError
-from server.vendors.bfl import polling_url_allowed
 from tests.emulators.common import Fail, Hang, Malformed, Truncated
 from tests.vendors.conftest import KEYS, assert_no_secret, make_settings, request
 

@@ -7,14 +7,11 @@ import time
 
 import pytest
 
-from server.backends import build_backend
-from server.errors import ModelUnavailable, RateLimitExceeded, UpstreamError
-from server.registry import ModelRegistry
-from server.settings import Settings, load_settings
-from server.vendors import VENDOR_BACKENDS
-from server.vendors.backend import POOL
-from server.vendors.base import Vendor, inspect_image, parse_retry_after
-from server.vendors.sizes import (
+from server.backends.factory import build_backend
+from server.backends.vendors import VENDOR_BACKENDS
+from server.backends.vendors.backend import POOL
+from server.backends.vendors.base import Vendor, inspect_image, parse_retry_after
+from server.backends.vendors.sizes import (
     DALL_E_3_SIZES,
     GPT_IMAGE_SIZES,
     IDEOGRAM_RESOLUTIONS,
@@ -23,6 +20,9 @@ from server.vendors.sizes import (
     nearest_aspect_ratio,
     nearest_size,
 )
+from server.errors import ModelUnavailable, RateLimitExceeded, UpstreamError
+from server.registry import ModelRegistry
+from server.settings import Settings, load_settings
 from tests.emulators.common import png
 
 MODELS = {

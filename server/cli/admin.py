@@ -16,16 +16,16 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from server.db import Database
+from server.accounts.database import Database
+from server.accounts.keys import KeyStore
+from server.accounts.ledger import UsageLedger
+from server.api.usage import parse_range
 from server.errors import ApiError, InvalidRequest
-from server.keys import KeyStore
 from server.settings import Settings
-from server.usage import UsageLedger
-from server.usage_routes import parse_range
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from server.cli import _settings as load
+    from server.cli.main import _settings as load
 
     return load(args)
 

@@ -31,7 +31,7 @@ def check_database(settings: Settings) -> str | None:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from server.db import Database
+    from server.accounts.database import Database
 
     database = Database.from_settings(settings)
     try:
@@ -47,9 +47,9 @@ def check_exposure(settings: Settings) -> str | None:
     """Refuse an open server on a non-loopback address; warn loudly on loopback. Returns an error."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from server.auth import parse_api_keys
-    from server.db import Database
-    from server.keys import KeyStore
+    from server.accounts.credentials import parse_api_keys
+    from server.accounts.database import Database
+    from server.accounts.keys import KeyStore
 
     if parse_api_keys(settings.api_keys.get_secret_value(), settings.tiers):
         return None
@@ -99,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from server.app import build_registry
-    from server.backends import build_backend
+    from server.backends.factory import build_backend
 
     settings = _settings(args)
     rows = [("MODEL", "PROVIDER", "READY", "PRICE/IMG", "RUNS ON", "STATUS")]
@@ -158,7 +158,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Print what this machine can and cannot do; exit 0 even when things are missing (it is a diagnosis)."""
-    from server.doctor import diagnose, render_text
+    from server.cli.doctor import diagnose, render_text
 
     report = diagnose(_settings(args))
     print(json.dumps(report, indent=2) if args.json else render_text(report))
@@ -190,11 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--config", type=Path, default=argparse.SUPPRESS)
     doctor.set_defaults(handler=cmd_doctor)
 
-    from server.bench import add_bench_command
+    from server.cli.bench import add_bench_command
 
     add_bench_command(commands)
 
-    from server.cli_admin import add_admin_commands
+    from server.cli.admin import add_admin_commands
 
     add_admin_commands(commands)
     return parser

@@ -1,6 +1,6 @@
 """Who is calling: the bearer-token parser, `Principal`, key fingerprints, and the environment's keys.
 
-`server.keys.KeyAuthenticator` is what the app asks; it uses the pieces here. Keys from
+`server.accounts.keys.KeyAuthenticator` is what the app asks; it uses the pieces here. Keys from
 `IMAGESERVE_API_KEYS` (`EnvKeys`) are compared in memory, in constant time against every configured key
 (so timing does not reveal which prefix matched); keys made by `imageserve keys create` are looked up in
 the database by hash. No key is ever logged: a `Principal` carries only a fingerprint.

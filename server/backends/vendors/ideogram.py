@@ -13,11 +13,11 @@ import logging
 from typing import Any
 
 from pipelines.types import GeneratedImage, GenerationRequest
+from server.backends.vendors.backend import VendorBackend
+from server.backends.vendors.base import UpstreamReply, Vendor
+from server.backends.vendors.sizes import IDEOGRAM_RESOLUTIONS, ideogram_resolution, nearest_size
 from server.errors import ApiError, ContentPolicyViolation
 from server.settings import IdeogramProviderSettings
-from server.vendors.backend import VendorBackend
-from server.vendors.base import UpstreamReply, Vendor
-from server.vendors.sizes import IDEOGRAM_RESOLUTIONS, ideogram_resolution, nearest_size
 
 logger = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pipelines.types import GeneratedImage, GenerationRequest
+from server.api.protocol import MAX_SEED
+from server.backends.vendors.backend import VendorBackend, run_all
+from server.backends.vendors.base import Vendor
+from server.backends.vendors.sizes import BFL_MAX, BFL_MIN, BFL_MULTIPLE, fit_to_grid
 from server.errors import ContentPolicyViolation, UpstreamError
-from server.protocol import MAX_SEED
 from server.settings import BFLProviderSettings
-from server.vendors.backend import VendorBackend, run_all
-from server.vendors.base import Vendor
-from server.vendors.sizes import BFL_MAX, BFL_MIN, BFL_MULTIPLE, fit_to_grid
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class BFLBackend(VendorBackend):
             request.width, request.height, lo=BFL_MIN, hi=BFL_MAX, multiple=BFL_MULTIPLE
         )
         # No BFL-specific seed bound is assumed: the seeds of the n tasks count up from the one given and
-        # wrap within the range our API accepts (`server.protocol.MAX_SEED`).
+        # wrap within the range our API accepts (`server.api.protocol.MAX_SEED`).
         seeds = [
             None if request.seed is None else (request.seed + i) % (MAX_SEED + 1) for i in range(request.n)
         ]

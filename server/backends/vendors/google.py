@@ -22,11 +22,11 @@ import logging
 from typing import Any
 
 from pipelines.types import GeneratedImage, GenerationRequest
+from server.backends.vendors.backend import VendorBackend, run_all
+from server.backends.vendors.base import UpstreamReply, Vendor, decode_b64
+from server.backends.vendors.sizes import GEMINI_IMAGE_RATIOS, IMAGEN_RATIOS, nearest_aspect_ratio
 from server.errors import ApiError, ContentPolicyViolation, UpstreamError
 from server.settings import GoogleProviderSettings
-from server.vendors.backend import VendorBackend, run_all
-from server.vendors.base import UpstreamReply, Vendor, decode_b64
-from server.vendors.sizes import GEMINI_IMAGE_RATIOS, IMAGEN_RATIOS, nearest_aspect_ratio
 
 logger = logging.getLogger(__name__)
 

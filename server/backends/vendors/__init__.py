@@ -1,7 +1,7 @@
 """Adapters that forward the closed models to their vendors (OpenAI, Black Forest Labs, Ideogram, Google).
 
 Each adapter is an `ImageBackend` like the local pipelines. `build_vendor_backend` is what
-`server.backends.BACKEND_FACTORIES` calls for the vendor kinds; a provider without an API key gives a
+`server.backends.factory.BACKEND_FACTORIES` calls for the vendor kinds; a provider without an API key gives a
 backend that is listed as not ready and answers 503 `model_unavailable` naming the setting to fill.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from server.backends.vendors.backend import VendorBackend
+from server.backends.vendors.base import PROVIDER_NAMES
+from server.backends.vendors.bfl import BFLBackend
+from server.backends.vendors.google import GoogleBackend
+from server.backends.vendors.ideogram import IdeogramBackend
+from server.backends.vendors.openai_images import OpenAIImagesBackend
 from server.settings import provider_env_name
-from server.vendors.backend import VendorBackend
-from server.vendors.base import PROVIDER_NAMES
-from server.vendors.bfl import BFLBackend
-from server.vendors.google import GoogleBackend
-from server.vendors.ideogram import IdeogramBackend
-from server.vendors.openai_images import OpenAIImagesBackend
 
 if TYPE_CHECKING:
     from pipelines.types import ImageBackend
@@ -31,7 +31,7 @@ VENDOR_BACKENDS: dict[str, type[VendorBackend]] = {
 
 
 def build_vendor_backend(spec: ModelSpec, settings: Settings) -> ImageBackend:
-    from server.backends import UnavailableBackend
+    from server.backends.factory import UnavailableBackend
 
     backend_cls = VENDOR_BACKENDS[spec.kind]
     if not settings.providers.get(backend_cls.provider).has_key():

@@ -50,7 +50,7 @@ def _simulated_backend(spec: ModelSpec, settings: Settings) -> ImageBackend:
 
 
 def _vendor_backend(spec: ModelSpec, settings: Settings) -> ImageBackend:
-    from server.vendors import build_vendor_backend
+    from server.backends.vendors import build_vendor_backend
 
     return build_vendor_backend(spec, settings)
 

@@ -8,9 +8,9 @@ import time
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult, Readiness
+from server.backends.vendors.base import PROVIDER_NAMES, Vendor, VendorPool
+from server.backends.vendors.base import inspect_image as inspect_image
 from server.errors import ApiError, UpstreamError
-from server.vendors.base import PROVIDER_NAMES, Vendor, VendorPool
-from server.vendors.base import inspect_image as inspect_image
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Sequence

@@ -5,10 +5,10 @@ A key is `isk_` plus 256 random bits; only its SHA-256 is stored, so a stolen da
 shown once, by `imageserve keys create`. Keys from `IMAGESERVE_API_KEYS` keep working: they
 authenticate from the environment and get a row (named by their fingerprint) for usage and limits.
 Operator-chosen keys may be weak, so their fingerprint and stored hash are HMACs under the key pepper
-(`load_key_pepper`; see `server.auth`).
+(`load_key_pepper`; see `server.accounts.credentials`).
 
 The server is open (every request is anonymous) only when there is no key at all, neither in the
-environment nor active in the database, and only on loopback: `server.cli.check_exposure` refuses to
+environment nor active in the database, and only on loopback: `server.cli.main.check_exposure` refuses to
 start otherwise, and `KeyAuthenticator` refuses requests if the last key is revoked while listening
 elsewhere.
 
@@ -29,11 +29,19 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select, update
 
-from server.auth import ANONYMOUS, EnvKeys, Principal, bearer_token, key_digest, key_fingerprint, parse_api_keys
-from server.db import Database, api_keys, insert_ignore, usage_ledger
+from server.accounts.credentials import (
+    ANONYMOUS,
+    EnvKeys,
+    Principal,
+    bearer_token,
+    key_digest,
+    key_fingerprint,
+    parse_api_keys,
+)
+from server.accounts.database import Database, api_keys, insert_ignore, usage_ledger
+from server.accounts.quotas import FailureLimiter
 from server.errors import AuthenticationError
-from server.quotas import FailureLimiter
-from server.storage import load_or_create_signing_key
+from server.media.storage import load_or_create_signing_key
 
 if TYPE_CHECKING:
     from server.settings import Settings

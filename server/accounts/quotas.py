@@ -2,10 +2,10 @@
 
 Image quotas count images per key in a sliding minute and a sliding day: an image admitted at `t`
 counts while `t > now - window` and frees its slot at exactly `t + window`. The counting itself runs
-in the database (`server.usage`) so that it is exact across replicas; this module decides and works
+in the database (`server.accounts.ledger`) so that it is exact across replicas; this module decides and works
 out how long to wait. Auth failures are limited per client address in memory (`FailureLimiter`): they
 need no durability, and keeping them out of the database means an attacker cannot make it write (checking
-a key only reads; see `server.keys`). The count is per process: with several workers or replicas a client
+a key only reads; see `server.accounts.keys`). The count is per process: with several workers or replicas a client
 gets up to that many tries per minute from each. The address is the TCP peer's, so behind a reverse proxy
 every client shares the proxy's address (`X-Forwarded-For` is not trusted).
 """

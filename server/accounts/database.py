@@ -70,9 +70,9 @@ schema_migrations = Table(
 api_keys = Table(
     "api_keys",
     metadata,
-    Column("key_id", String(40), primary_key=True),  # server.auth.key_fingerprint (env keys: peppered)
+    Column("key_id", String(40), primary_key=True),  # server.accounts.credentials.key_fingerprint (env keys: peppered)
     Column("name", String(128), nullable=False, unique=True),
-    Column("key_hash", String(64), nullable=True, unique=True),  # server.auth.key_digest, never the key
+    Column("key_hash", String(64), nullable=True, unique=True),  # server.accounts.credentials.key_digest, never the key
     Column("source", String(16), nullable=False),
     Column("tier", String(64), nullable=False),
     Column("images_per_minute", Integer, nullable=True),  # the key's own limits; NULL: the tier's; 0: none

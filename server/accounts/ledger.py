@@ -30,10 +30,10 @@ from sqlalchemy import Connection, case, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.types import GenerationRequest
-from server.auth import Principal
-from server.db import Database, api_keys, insert_ignore, usage_ledger
+from server.accounts.credentials import Principal
+from server.accounts.database import Database, api_keys, insert_ignore, usage_ledger
+from server.accounts.quotas import DAY, MINUTE, Limits, refusal, seconds_until_fits, tier_limits
 from server.errors import ApiError, RateLimitExceeded
-from server.quotas import DAY, MINUTE, Limits, refusal, seconds_until_fits, tier_limits
 from server.service import Outcome
 
 logger = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from server.auth import Principal
+from server.accounts.credentials import Principal
+from server.accounts.ledger import UsageLedger
 from server.errors import InvalidRequest
-from server.usage import UsageLedger
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
