@@ -6,13 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_harness import RunningServer, running_server
+from tests.support.constants import TEST_KEY, TEST_KEYS
+from tests.support.server_harness import RunningServer, running_server
 
-pytest_plugins = ["tests.usage_fixtures"]  # database, clock and ledger fixtures
+pytest_plugins = ["tests.support.usage_fixtures"]  # database, clock and ledger fixtures
 
-TEST_KEY = "sk-test-0123456789"
-# Enterprise: no per-minute cap, so suites that send many requests are not throttled by the quotas.
-TEST_KEYS = f"{TEST_KEY}:enterprise"
 
 
 @pytest.fixture(autouse=True)

@@ -17,11 +17,11 @@ from server.backends.vendors.backend import VendorBackend
 from server.errors import ApiError
 from server.registry import ModelRegistry
 from server.settings import Settings
-from tests.emulators.bfl_api import BFLEmulator
-from tests.emulators.common import EmulatorServer
-from tests.emulators.google_api import GoogleEmulator
-from tests.emulators.ideogram_api import IdeogramEmulator
-from tests.emulators.openai_api import OpenAIEmulator
+from tests.support.emulators.bfl_api import BFLEmulator
+from tests.support.emulators.common import EmulatorServer
+from tests.support.emulators.google_api import GoogleEmulator
+from tests.support.emulators.ideogram_api import IdeogramEmulator
+from tests.support.emulators.openai_api import OpenAIEmulator
 
 KEYS = {
     "openai": "sk-test-OPENAI-7c1f0e2d9b",

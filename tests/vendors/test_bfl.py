@@ -8,7 +8,7 @@ import pytest
 
 from server.backends.vendors.bfl import polling_url_allowed
 from server.errors import ContentPolicyViolation, RateLimitExceeded, ServerOverloaded, UpstreamError
-from tests.emulators.common import Fail, Hang, Malformed, Truncated
+from tests.support.emulators.common import Fail, Hang, Malformed, Truncated
 from tests.vendors.conftest import KEYS, assert_no_secret, make_settings, request
 
 KEY = KEYS["bfl"]

@@ -23,7 +23,7 @@ from server.backends.vendors.sizes import (
 from server.errors import ModelUnavailable, RateLimitExceeded, UpstreamError
 from server.registry import ModelRegistry
 from server.settings import Settings, load_settings
-from tests.emulators.common import png
+from tests.support.emulators.common import png
 
 MODELS = {
     "dall-e-3": "OPENAI",

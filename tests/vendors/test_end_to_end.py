@@ -23,9 +23,9 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.conftest import TEST_KEY, TEST_KEYS
-from tests.emulators.common import EmulatorBase, Fail, Truncated
-from tests.server_harness import RunningServer, running_server
+from tests.support.constants import TEST_KEY, TEST_KEYS
+from tests.support.emulators.common import EmulatorBase, Fail, Truncated
+from tests.support.server_harness import RunningServer, running_server
 from tests.vendors.conftest import KEYS
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}

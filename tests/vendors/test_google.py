@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.errors import ContentPolicyViolation, RateLimitExceeded, UpstreamError
-from tests.emulators.common import Fail, Hang, Malformed
+from tests.support.emulators.common import Fail, Hang, Malformed
 from tests.vendors.conftest import KEYS, assert_no_secret, make_settings, request
 
 KEY = KEYS["google"]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from server.errors import ContentPolicyViolation, RateLimitExceeded, UpstreamError
-from tests.emulators.common import Fail, Hang, Malformed
+from tests.support.emulators.common import Fail, Hang, Malformed
 from tests.vendors.conftest import KEYS, assert_no_secret, make_settings, request
 
 KEY = KEYS["openai"]

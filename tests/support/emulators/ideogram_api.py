@@ -1,0 +1,110 @@
+"""Ideogram legacy generate: `POST /generate` with an `Api-Key` header and an `image_request` object.
+
+Checks `prompt` (required), `model` (V_1, V_1_TURBO, V_2, V_2_TURBO, V_2A, V_2A_TURBO), `aspect_ratio` or
+`resolution` (not both; resolution needs a 2.0 model), `num_images` 1-8, `magic_prompt_option`
+AUTO/ON/OFF, `seed` 0-2147483647. Errors: 400 invalid input, 401 not authorized, 422 "Prompt failed the
+safety check" (prompts containing "forbidden"), 429. "unsafe-image" flags the first image
+(`is_image_safe: false`, no url); "all-unsafe" flags every image. MagicPrompt (unless OFF) rewrites the
+prompt, and the rewrite is returned per image.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from server.backends.vendors.sizes import IDEOGRAM_RESOLUTIONS
+from tests.support.emulators.common import EmulatorBase, png
+
+MODELS = {"V_1", "V_1_TURBO", "V_2", "V_2_TURBO", "V_2A", "V_2A_TURBO"}
+ASPECTS = {
+    "ASPECT_1_1": (1024, 1024),
+    "ASPECT_16_9": (1312, 736),
+    "ASPECT_9_16": (736, 1312),
+    "ASPECT_4_3": (1152, 864),
+    "ASPECT_3_4": (864, 1152),
+    "ASPECT_3_2": (1248, 832),
+    "ASPECT_2_3": (832, 1248),
+    "ASPECT_16_10": (1280, 800),
+    "ASPECT_10_16": (800, 1280),
+    "ASPECT_1_3": (576, 1728),
+    "ASPECT_3_1": (1728, 576),
+}
+RESOLUTIONS = {f"RESOLUTION_{w}_{h}": (w, h) for w, h in IDEOGRAM_RESOLUTIONS}
+
+
+class IdeogramEmulator(EmulatorBase):
+    def routes(self) -> list[Route]:
+        return [Route("/generate", self.generate, methods=["POST"])]
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return {"error": message}
+
+    async def generate(self, request: Request) -> Response:
+        rec, scripted = await self.record("generate", request)
+        given = request.headers.get("api-key")
+        if not given or given != self.key:
+            return JSONResponse(
+                {"error": f"Not authorized to generate an image (key {given})."}, status_code=401
+            )
+        if scripted is not None:
+            return scripted
+        body = rec.body
+        req = body.get("image_request") if isinstance(body, dict) else None
+        if not isinstance(req, dict):
+            return JSONResponse({"error": "image_request is required"}, status_code=400)
+        prompt = req.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            return JSONResponse({"error": "image_request.prompt is required"}, status_code=400)
+        model = req.get("model", "V_2")
+        if model not in MODELS:
+            return JSONResponse({"error": f"invalid model {model!r}"}, status_code=400)
+        if "aspect_ratio" in req and "resolution" in req:
+            return JSONResponse(
+                {"error": "aspect_ratio and resolution cannot be used together"}, status_code=400
+            )
+        size = (1024, 1024)
+        if "resolution" in req:
+            if req["resolution"] not in RESOLUTIONS or not model.startswith("V_2"):
+                return JSONResponse({"error": "invalid resolution"}, status_code=400)
+            size = RESOLUTIONS[req["resolution"]]
+        elif "aspect_ratio" in req:
+            if req["aspect_ratio"] not in ASPECTS:
+                return JSONResponse({"error": "invalid aspect_ratio"}, status_code=400)
+            size = ASPECTS[req["aspect_ratio"]]
+        n = req.get("num_images", 1)
+        if not isinstance(n, int) or not 1 <= n <= 8:
+            return JSONResponse({"error": "num_images must be between 1 and 8"}, status_code=400)
+        magic = req.get("magic_prompt_option", "AUTO")
+        if magic not in ("AUTO", "ON", "OFF"):
+            return JSONResponse({"error": "invalid magic_prompt_option"}, status_code=400)
+        seed = req.get("seed")
+        if seed is not None and (not isinstance(seed, int) or not 0 <= seed <= 2147483647):
+            return JSONResponse({"error": "seed must be between 0 and 2147483647"}, status_code=400)
+        if "negative_prompt" in req and not isinstance(req["negative_prompt"], str):
+            return JSONResponse({"error": "negative_prompt must be a string"}, status_code=400)
+        if "forbidden" in prompt:
+            return JSONResponse(
+                {"error": "Prompt or provided image failed the safety checks"}, status_code=422
+            )
+
+        shown = prompt if magic == "OFF" else f"Magic: a striking, detailed image of {prompt}"
+        data = []
+        for i in range(n):
+            unsafe = "all-unsafe" in prompt or ("unsafe-image" in prompt and i == 0)
+            data.append(
+                {
+                    "url": None if unsafe else self.host_file(png(*size)),
+                    "prompt": shown,
+                    "resolution": f"{size[0]}x{size[1]}",
+                    "is_image_safe": not unsafe,
+                    "seed": (seed if seed is not None else random.randint(0, 2**31 - 1)),
+                    "style_type": "AUTO",
+                }
+            )
+        return JSONResponse({"created": datetime.now(UTC).isoformat(), "data": data})

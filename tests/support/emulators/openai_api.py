@@ -1,0 +1,147 @@
+"""OpenAI Images API: `POST /v1/images/generations` with `Authorization: Bearer <key>`.
+
+Follows the API reference for the three model families: DALL-E 2 (n 1-10, square sizes), DALL-E 3 (n=1,
+three sizes, quality standard/hd, style), GPT image models (no `response_format` or `style`, sizes
+1024x1024/1536x1024/1024x1536/auto, quality low/medium/high/auto, always base64). Errors use OpenAI's
+`{"error": {"message", "type", "param", "code"}}`. A prompt containing "forbidden" is refused by the safety
+system (`content_policy_violation`, or `moderation_blocked` for GPT image models).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.support.emulators.common import EmulatorBase, png
+
+SIZES = {
+    "dall-e-2": {"256x256", "512x512", "1024x1024"},
+    "dall-e-3": {"1024x1024", "1792x1024", "1024x1792"},
+    "gpt-image": {"1024x1024", "1536x1024", "1024x1536", "auto"},
+}
+KNOWN_PARAMS = {
+    "dall-e-2": {"prompt", "model", "n", "size", "response_format", "user"},
+    "dall-e-3": {"prompt", "model", "n", "size", "response_format", "user", "quality", "style"},
+    "gpt-image": {
+        "prompt",
+        "model",
+        "n",
+        "size",
+        "quality",
+        "output_format",
+        "output_compression",
+        "background",
+        "moderation",
+        "user",
+        "safety_identifier",
+        "stream",
+        "partial_images",
+    },
+}
+
+
+class OpenAIEmulator(EmulatorBase):
+    def routes(self) -> list[Route]:
+        return [Route("/v1/images/generations", self.generate, methods=["POST"])]
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+
+    @staticmethod
+    def _error(
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str = "invalid_request_error",
+    ) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status
+        )
+
+    async def generate(self, request: Request) -> Response:
+        rec, scripted = await self.record("generate", request)
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:]:
+            return self._error(401, "You didn't provide an API key.")
+        if auth[7:] != self.key:
+            return self._error(401, f"Incorrect API key provided: {auth[7:]}.", code="invalid_api_key")
+        if scripted is not None:
+            return scripted
+        body = rec.body
+        if not isinstance(body, dict):
+            return self._error(400, "We could not parse the JSON body of your request.")
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            return self._error(
+                400,
+                "Missing required parameter: 'prompt'.",
+                param="prompt",
+                code="missing_required_parameter",
+            )
+        model = body.get("model", "dall-e-2")
+        family = "gpt-image" if model.startswith("gpt-image") else model
+        if family not in SIZES:
+            return self._error(
+                404, f"The model '{model}' does not exist.", param="model", code="model_not_found"
+            )
+        unknown = set(body) - KNOWN_PARAMS[family]
+        if unknown:
+            name = sorted(unknown)[0]
+            return self._error(400, f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+        n = body.get("n", 1)
+        if not isinstance(n, int) or not 1 <= n <= (1 if family == "dall-e-3" else 10):
+            return self._error(400, f"Invalid 'n' for {model}.", param="n", code="invalid_value")
+        size = body.get("size", "1024x1024")
+        if size not in SIZES[family]:
+            return self._error(400, f"Invalid size '{size}' for {model}.", param="size", code="invalid_value")
+        quality = body.get("quality")
+        allowed_quality = {"dall-e-3": {"standard", "hd"}, "gpt-image": {"low", "medium", "high", "auto"}}
+        if quality is not None and quality not in allowed_quality.get(family, {"standard"}):
+            return self._error(400, f"Invalid quality '{quality}'.", param="quality", code="invalid_value")
+        if "style" in body and body["style"] not in ("vivid", "natural"):
+            return self._error(400, "Invalid style.", param="style", code="invalid_value")
+        response_format = body.get("response_format", "url")
+        if response_format not in ("url", "b64_json"):
+            return self._error(400, "Invalid response_format.", param="response_format", code="invalid_value")
+        if "forbidden" in prompt:
+            code = "moderation_blocked" if family == "gpt-image" else "content_policy_violation"
+            return self._error(
+                400,
+                "Your request was rejected as a result of our safety system.",
+                code=code,
+                type_="image_generation_user_error",
+            )
+
+        width, height = (1024, 1024) if size == "auto" else map(int, size.split("x"))
+        image = png(width, height)
+        data = []
+        for _ in range(n):
+            item: dict[str, Any] = {}
+            if family == "gpt-image" or response_format == "b64_json":
+                item["b64_json"] = base64.b64encode(image).decode()
+            else:
+                item["url"] = self.host_file(image)
+            if family == "dall-e-3":
+                item["revised_prompt"] = f"A detailed rendering of {prompt}"
+            data.append(item)
+        out: dict[str, Any] = {"created": int(time.time()), "data": data}
+        if family == "gpt-image":
+            out.update(
+                output_format=body.get("output_format", "png"),
+                size=f"{width}x{height}",
+                quality=quality or "auto",
+                usage={
+                    "input_tokens": 10,
+                    "output_tokens": 100,
+                    "total_tokens": 110,
+                    "input_tokens_details": {"image_tokens": 0, "text_tokens": 10},
+                },
+            )
+        return JSONResponse(out)
