@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pipelines.device import Placement, choose_placement, cpu_refusal, device_lock
+from pipelines.errors import ModelUnavailable
 from pipelines.loading import WeightsLocation, load_pipeline, locate_weights
 from pipelines.memory import free_device_memory, is_out_of_memory, simulated_oom_callback
 from pipelines.optimizations import (
@@ -34,7 +35,6 @@ from pipelines.pixels import to_pixels
 from pipelines.scheduler import BatchKey, BatchScheduler, DeviceOutOfMemory, ImageJobSpec, TimedOutputs
 from pipelines.tiny import TINY_KINDS
 from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult, Readiness
-from server.errors import ModelUnavailable
 
 if TYPE_CHECKING:
     from server.registry import ModelSpec

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from server.errors import ApiError, GenerationFailed, InsufficientResources, ServerOverloaded
+from pipelines.errors import GenerationFailed, ImageServeError, OutOfDeviceMemory, QueueFull
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class BatchScheduler:
             self._task = None
         for job in self._queue:
             if not job.future.done():
-                job.future.set_exception(ServerOverloaded("The server is shutting down.", retry_after=10))
+                job.future.set_exception(QueueFull("The server is shutting down.", retry_after=10))
         self._queue.clear()
 
     # -- submitting --------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ class BatchScheduler:
         if self._task is None or self._task.done():
             self._restart_if_dead()
         if self.queued_images + len(specs) > self._max_queue:
-            raise ServerOverloaded(
+            raise QueueFull(
                 f"Model '{self._name}' is busy: its queue is full. Retry in a few seconds.", retry_after=5
             )
         loop = asyncio.get_running_loop()
@@ -256,7 +256,7 @@ class BatchScheduler:
         if len(batch) == 1:
             logger.warning("model %s: one %dx%d image does not fit in device memory", self._name,
                            batch[0].key.width, batch[0].key.height)
-            self._fail(batch, InsufficientResources(
+            self._fail(batch, OutOfDeviceMemory(
                 f"Model '{self._name}' ran out of device memory for one image at "
                 f"{batch[0].key.width}x{batch[0].key.height}; try a smaller size."
             ))
@@ -270,8 +270,8 @@ class BatchScheduler:
                 await self._run(live)
 
     def _fail(self, batch: list[Job], exc: Exception) -> None:
-        if isinstance(exc, ApiError):
-            error: ApiError = exc
+        if isinstance(exc, ImageServeError):
+            error: ImageServeError = exc
         else:
             logger.error("model %s: batch of %d failed (requests %s)", self._name, len(batch),
                          sorted({job.request_id for job in batch}), exc_info=exc)

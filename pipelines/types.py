@@ -80,5 +80,5 @@ class ImageBackend(Protocol):
     def readiness(self) -> Readiness: ...
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Make `request.n` images or raise `server.errors.ApiError`."""
+        """Make `request.n` images or raise `server.errors.ImageServeError`."""
         ...

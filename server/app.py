@@ -14,22 +14,22 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.device import device_warning
+from pipelines.errors import ImageServeError
 from pipelines.types import ImageBackend
 from server import __version__
 from server.accounts.credentials import Principal
 from server.accounts.database import Database
 from server.accounts.keys import KeyAuthenticator, KeyStore
 from server.accounts.ledger import UsageLedger
+from server.api.errors import REQUEST_ID_HEADER, install_error_handlers
 from server.api.protocol import ImageGenerationBody, parse_body
 from server.api.usage import build_usage_router
 from server.backends.factory import build_backend
-from server.errors import ApiError, InvalidRequest, NotFound
+from server.errors import ClientClosedRequest, NotFound
 from server.media.storage import ImageStore, load_or_create_signing_key
 from server.metrics import Metrics
 from server.registry import ModelRegistry
@@ -38,18 +38,8 @@ from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "x-request-id"
-
-
 def build_registry(settings: Settings) -> ModelRegistry:
     return ModelRegistry.from_overrides({mid: ms.registry_fields() for mid, ms in settings.models.items()})
-
-
-def error_response(error: ApiError, request_id: str | None = None) -> JSONResponse:
-    headers = dict(error.headers)
-    if request_id:
-        headers[REQUEST_ID_HEADER] = request_id
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -81,13 +71,6 @@ async def run_unless_disconnected(request: Request, work: Any) -> Any:
 
 class ClientDisconnected(Exception):
     pass
-
-
-class ClientClosedRequest(ApiError):
-    """Nobody reads it (the client is gone), but the access log and metrics see a 499, as in nginx."""
-
-    status = 499
-    type = "client_closed_request"
 
 
 def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
@@ -132,7 +115,7 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
                 continue
             try:
                 await preload()
-            except ApiError as exc:
+            except ImageServeError as exc:
                 logger.error("preload of %s failed: %s", model_id, exc.message)
         _warn_about_warmup_without_preload(settings, backends)
         sweeper = asyncio.create_task(_sweep_expired(store, settings.cleanup_interval_seconds))
@@ -156,36 +139,7 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
     app.state.database = database
     app.state.metrics = metrics
 
-    def _route_of(request: Request) -> str:
-        route = request.scope.get("route")
-        return getattr(route, "path", "unmatched")
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        metrics.observe_error(_route_of(request), exc.type)
-        return error_response(exc, getattr(request.state, "request_id", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
-        param = location[0] if location else None
-        return error_response(InvalidRequest(f"Invalid value for '{param}': {first.get('msg', 'invalid')}",
-                                             param=param))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error = ApiError(str(exc.detail))
-        error.status = exc.status_code
-        error.type = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
-        metrics.observe_error(_route_of(request), error.type)
-        return error_response(error)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(ApiError("The server had an error while processing your request."),
-                              getattr(request.state, "request_id", None))
+    install_error_handlers(app, metrics.observe_error)
 
     async def authenticate(request: Request) -> Principal:
         client_ip = request.client.host if request.client else None

@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pipelines.errors import ImageServeError
 from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult, ImageBackend
 from server.accounts.credentials import Principal
 from server.api.protocol import ImageGenerationBody, to_generation_request
-from server.errors import ApiError
 from server.media.encoding import MIME_TO_FORMAT, encode_pixels, transcode
 from server.media.storage import ImageStore
 from server.registry import ModelRegistry, ModelSpec
@@ -94,9 +94,9 @@ class ImageService:
         request, spec = to_generation_request(body, self.registry, self.default_model, request_id)
         try:
             await self.usage.admit(principal, request)
-        except (ApiError, asyncio.CancelledError) as exc:  # refused, or the client left while it was decided
+        except (ImageServeError, asyncio.CancelledError) as exc:  # refused, or the client left while it was decided
             if self.on_outcome is not None:
-                status = exc.type if isinstance(exc, ApiError) else "cancelled"
+                status = exc.type if isinstance(exc, ImageServeError) else "cancelled"
                 self.on_outcome(Outcome(principal, request_id, spec.id, 0, request.size, request.quality, 0.0,
                                         (time.perf_counter() - started) * 1000, status))
             raise
@@ -106,7 +106,7 @@ class ImageService:
             result = await self.backends[spec.id].generate(request)
             data = await self._materialize(result, body, request_id, link_base)
             status = "ok"
-        except ApiError as exc:
+        except ImageServeError as exc:
             status = exc.type
             raise
         except asyncio.CancelledError:

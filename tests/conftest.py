@@ -15,9 +15,10 @@ pytest_plugins = ["tests.support.usage_fixtures"]  # database, clock and ledger 
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The developer's own IMAGESERVE_* settings must not leak into tests."""
+    """The developer's own IMAGESERVE_* settings must not leak into tests. IMAGESERVE_TEST_* are switches for
+    the test run itself (e.g. IMAGESERVE_TEST_REQUIRE_POSTGRES), not server settings: they stay."""
     for name in list(os.environ):
-        if name.startswith("IMAGESERVE_"):
+        if name.startswith("IMAGESERVE_") and not name.startswith("IMAGESERVE_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 

@@ -29,11 +29,12 @@ from typing import Any
 from sqlalchemy import Connection, case, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from pipelines.errors import ImageServeError
 from pipelines.types import GenerationRequest
 from server.accounts.credentials import Principal
 from server.accounts.database import Database, api_keys, insert_ignore, usage_ledger
 from server.accounts.quotas import DAY, MINUTE, Limits, refusal, seconds_until_fits, tier_limits
-from server.errors import ApiError, RateLimitExceeded
+from server.errors import RateLimitExceeded
 from server.service import Outcome
 
 logger = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class UsageLedger:
     def limits_for(self, tier: str, per_minute: int | None, per_day: int | None) -> Limits:
         base = tier_limits(self.tiers, tier)
         if base is None:
-            raise ApiError(f"This key's tier '{tier}' is not configured on the server; ask its operator.")
+            raise ImageServeError(f"This key's tier '{tier}' is not configured on the server; ask its operator.")
         return Limits.resolve(base, per_minute, per_day)
 
     def _lock_key(self, conn: Connection, principal: Principal) -> Any:

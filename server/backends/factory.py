@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pipelines.errors import ModelUnavailable
 from pipelines.types import GenerationRequest, GenerationResult, Readiness
-from server.errors import ModelUnavailable
 
 if TYPE_CHECKING:
     from pipelines.types import ImageBackend

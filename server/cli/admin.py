@@ -16,11 +16,12 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from pipelines.errors import ImageServeError
 from server.accounts.database import Database
 from server.accounts.keys import KeyStore
 from server.accounts.ledger import UsageLedger
 from server.api.usage import parse_range
-from server.errors import ApiError, InvalidRequest
+from server.errors import InvalidRequest
 from server.settings import Settings
 
 
@@ -95,7 +96,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings, database: Databa
         try:
             limits = ledger.limits_for(record.tier, record.images_per_minute, record.images_per_day)
             per_minute, per_day = _limit(limits.per_minute), _limit(limits.per_day)
-        except ApiError:  # a tier no longer configured
+        except ImageServeError:  # a tier no longer configured
             per_minute = per_day = "?"
         rows.append([record.name, record.tier, per_minute, per_day, record.source,
                      "active" if record.active else f"revoked {_when(record.revoked_at)}",

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlencode
 
-from server.errors import ApiError, NotFound
+from server.errors import LinkExpired, LinkForbidden, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +30,6 @@ _EXPIRES = re.compile(r"^[0-9]{1,12}$")
 PARTIAL_SUFFIX = ".part"
 PARTIAL_GRACE_SECONDS = 3600  # a half-written file this old was left by a crash
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-
-
-class _Forbidden(ApiError):
-    status = 403
-    type = "invalid_signature"
-
-
-class _Gone(ApiError):
-    status = 410
-    type = "expired"
 
 
 def load_or_create_signing_key(data_dir: Path, configured: str | None, file_name: str = "url_signing.key") -> bytes:
@@ -106,14 +96,14 @@ class ImageStore:
         if not _NAME.match(name):
             raise NotFound("No such image.", param="name")
         if not expires or not signature or not _EXPIRES.match(expires):
-            raise _Forbidden("This image link is not signed: `expires` and `sig` are required.")
+            raise LinkForbidden("This image link is not signed: `expires` and `sig` are required.")
         expected = self._signature(name, int(expires))
         if not hmac.compare_digest(expected.encode(), signature.encode()):  # bytes: any text may come in
-            raise _Forbidden("This image link's signature is not valid.")
+            raise LinkForbidden("This image link's signature is not valid.")
         path = self.directory / name
         if int(expires) < self.clock():
             path.unlink(missing_ok=True)
-            raise _Gone("This image link has expired; generate the image again.")
+            raise LinkExpired("This image link has expired; generate the image again.")
         if not path.is_file():
             raise NotFound("No such image (it may have expired and been deleted).")
         return path, MEDIA_TYPES[name.rsplit(".", 1)[1]]

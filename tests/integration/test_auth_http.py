@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,16 +14,27 @@ from server.accounts.credentials import parse_api_keys
 from server.cli.main import check_exposure
 from server.settings import load_settings
 from tests.support.constants import REPO_ROOT, TEST_KEY
+from tests.support.logs import assert_not_logged, capture_everything
 from tests.support.server_harness import running_server
 
 BODY = {"prompt": "x", "model": "tiny-flux", "size": "256x256", "num_inference_steps": 1}
+WRONG_KEY = "sk-not-the-key"
+
+
+@pytest.fixture(autouse=True)
+def _keys_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every test here runs with every logger at DEBUG; no key, right or wrong, may show in any record."""
+    capture_everything(caplog)
+    yield
+    capture_everything(caplog)
+    assert_not_logged(caplog, TEST_KEY, WRONG_KEY)
 
 
 @pytest.mark.parametrize(
     ("headers", "fragment"),
     [
         ({}, "Missing API key"),
-        ({"Authorization": "Bearer sk-not-the-key"}, "Incorrect API key"),
+        ({"Authorization": f"Bearer {WRONG_KEY}"}, "Incorrect API key"),
         ({"Authorization": f"Basic {TEST_KEY}"}, "Malformed"),
         ({"Authorization": "Bearer"}, "Malformed"),
         ({"Authorization": TEST_KEY}, "Malformed"),
@@ -33,7 +45,7 @@ def test_missing_or_wrong_key_is_401_in_the_error_shape(server, headers: dict, f
     assert response.status_code == 401
     error = response.json()["error"]
     assert error["type"] == "authentication_error" and fragment in error["message"]
-    assert "sk-not-the-key" not in response.text
+    assert WRONG_KEY not in response.text
     assert httpx.get(server.api_url + "/models", headers=headers).status_code == 401
 
 
@@ -47,6 +59,17 @@ def test_without_keys_a_loopback_server_is_open(tmp_path: Path, model_cache: Pat
     with running_server(data_dir=tmp_path, model_cache=model_cache) as server:
         response = httpx.post(server.api_url + "/images/generations", json=BODY, timeout=120)
         assert response.status_code == 200, response.text
+
+
+def test_a_right_and_a_wrong_key_on_every_route_leave_no_trace_in_the_logs(server) -> None:
+    """The autouse fixture checks the logs; this drives the accepted and refused paths of each route."""
+    right, wrong = {"Authorization": f"Bearer {TEST_KEY}"}, {"Authorization": f"Bearer {WRONG_KEY}"}
+    assert httpx.post(server.api_url + "/images/generations", json=BODY, headers=right, timeout=120).status_code == 200
+    for headers, status in ((right, 200), (wrong, 401)):
+        assert httpx.get(server.api_url + "/models", headers=headers).status_code == status
+        assert httpx.get(server.api_url + "/usage", headers=headers).status_code == status
+    bad_body = httpx.post(server.api_url + "/images/generations", json={"prompt": ""}, headers=right)
+    assert bad_body.status_code == 400
 
 
 def test_keys_parse_with_tiers_and_bare_keys_mean_pro() -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+REQUIRE_ENV = "IMAGESERVE_TEST_REQUIRE_POSTGRES"
+
 
 @dataclass
 class PostgresServer:
@@ -101,13 +103,20 @@ _server: PostgresServer | None = None
 _failure: str | None = None
 
 
+def postgres_required() -> bool:
+    return os.environ.get(REQUIRE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 def postgres() -> PostgresServer:
-    """The shared test server, started on first use; skips the test if it cannot start."""
+    """The shared test server, started on first use; skips the test if it cannot start (fails instead when
+    `IMAGESERVE_TEST_REQUIRE_POSTGRES=1`)."""
     global _server, _failure
     if _server is None and _failure is None:
         _server, _failure = start_postgres()
         if _server is not None and callable(_server.stop):
             atexit.register(_server.stop)
     if _server is None:
+        if postgres_required():
+            pytest.fail(f"PostgreSQL is required ({REQUIRE_ENV}=1) but could not start: {_failure}", pytrace=False)
         pytest.skip(f"PostgreSQL tests skipped: {_failure}")
     return _server

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from pipelines.errors import ImageServeError
 from pipelines.types import GenerationRequest
+from server.api.errors import body_of, headers_of
 from server.backends.vendors import build_vendor_backend
 from server.backends.vendors.backend import VendorBackend
-from server.errors import ApiError
 from server.registry import ModelRegistry
 from server.settings import Settings
 from tests.support.emulators.bfl_api import BFLEmulator
@@ -22,6 +23,7 @@ from tests.support.emulators.common import EmulatorServer
 from tests.support.emulators.google_api import GoogleEmulator
 from tests.support.emulators.ideogram_api import IdeogramEmulator
 from tests.support.emulators.openai_api import OpenAIEmulator
+from tests.support.logs import assert_not_logged, capture_everything
 
 KEYS = {
     "openai": "sk-test-OPENAI-7c1f0e2d9b",
@@ -36,6 +38,16 @@ FAST = {
     "retry_backoff_max_seconds": 0.02,
     "rate_limit_retry_after_seconds": 7,
 }
+
+
+@pytest.fixture(autouse=True)
+def _keys_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every vendor test, retries and failures included, runs with every logger at DEBUG, and no vendor key
+    may show in any record: a key logged at INFO on a retry is as much a leak as one logged at ERROR."""
+    capture_everything(caplog)
+    yield
+    capture_everything(caplog)  # a server started inside the test reset uvicorn's levels; the records stand
+    assert_not_logged(caplog, *KEYS.values())
 
 
 def _serve(emulator: Any) -> Iterator[Any]:
@@ -130,8 +142,8 @@ async def backends() -> AsyncIterator[Callable[..., Any]]:
 def assert_no_secret(error: BaseException, *secrets: str) -> None:
     """Nothing a client or a log could see of this error holds a key."""
     seen = [str(error), repr(error)]
-    if isinstance(error, ApiError):
-        seen += [json.dumps(error.body()), json.dumps(error.headers)]
+    if isinstance(error, ImageServeError):
+        seen += [json.dumps(body_of(error)), json.dumps(headers_of(error))]
     for secret in secrets:
         for text in seen:
             assert secret not in text

@@ -6,8 +6,10 @@ import asyncio
 
 import pytest
 
+from pipelines.errors import QueueFull
+from server.api.errors import headers_of, status_of
 from server.backends.vendors.bfl import polling_url_allowed
-from server.errors import ContentPolicyViolation, RateLimitExceeded, ServerOverloaded, UpstreamError
+from server.errors import ContentPolicyViolation, RateLimitExceeded, UpstreamError
 from tests.support.emulators.common import Fail, Hang, Malformed, Truncated
 from tests.vendors.conftest import KEYS, assert_no_secret, make_settings, request
 
@@ -82,7 +84,7 @@ async def test_persistent_5xx(bfl_emu, backends):
     backend = await backends("flux-pro", make_settings("bfl", bfl_emu.base_url))
     with pytest.raises(UpstreamError) as caught:
         await backend.generate(request("flux-pro"))
-    assert len(bfl_emu.calls("submit")) == 3 and caught.value.status == 502
+    assert len(bfl_emu.calls("submit")) == 3 and status_of(caught.value) == 502
     assert_no_secret(caught.value, KEY)
 
 
@@ -189,7 +191,7 @@ async def test_truncated_sample_is_a_bad_response_not_an_image(bfl_emu, backends
     backend = await backends("flux-pro", make_settings("bfl", bfl_emu.base_url))
     with pytest.raises(UpstreamError, match="malformed") as caught:
         await backend.generate(request("flux-pro"))
-    assert caught.value.status == 502 and caught.value.code == "upstream_bad_response"
+    assert status_of(caught.value) == 502 and caught.value.code == "upstream_bad_response"
     assert len(bfl_emu.calls("file")) == 1
     assert len((await backend.generate(request("flux-pro"))).images) == 1  # the next sample is whole
 
@@ -201,7 +203,7 @@ async def test_refused_sample_link_does_not_blame_the_api_key(bfl_emu, backends,
     with pytest.raises(UpstreamError) as caught:
         await backend.generate(request("flux-pro"))
     message = caught.value.message
-    assert caught.value.status == 502 and caught.value.code == "upstream_bad_response"
+    assert status_of(caught.value) == 502 and caught.value.code == "upstream_bad_response"
     assert "image link from Black Forest Labs was refused" in message and f"HTTP {status}" in message
     assert "API key" not in message and "IMAGESERVE_BFL_API_KEY" not in message  # no key goes to that link
     assert len(bfl_emu.calls("file")) == 1  # not retried
@@ -218,13 +220,13 @@ async def test_waiting_for_a_busy_provider_slot_is_bounded(bfl_emu, backends):
     try:
         while not bfl_emu.calls("poll"):
             await asyncio.sleep(0.01)
-        with pytest.raises(ServerOverloaded) as caught:
+        with pytest.raises(QueueFull) as caught:
             # The deadline only turns a regression (an endless wait) into a failure; it measures nothing.
             await asyncio.wait_for(backend.generate(request("flux-pro")), timeout=30)
         error = caught.value
-        assert error.status == 503 and error.type == "server_overloaded"
+        assert status_of(error) == 503 and error.type == "server_overloaded"
         assert "Black Forest Labs" in error.message and "0.2s" in error.message
-        assert error.headers["Retry-After"] == "7"  # FAST's rate_limit_retry_after_seconds
+        assert headers_of(error)["Retry-After"] == "7"  # FAST's rate_limit_retry_after_seconds
         assert len(bfl_emu.calls("submit")) == 1  # the refused request never reached the vendor
     finally:
         bfl_emu.pending_polls = 0

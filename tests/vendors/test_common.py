@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from pipelines.errors import ModelUnavailable
+from server.api.errors import body_of, headers_of, status_of
 from server.backends.factory import build_backend
 from server.backends.vendors import VENDOR_BACKENDS
 from server.backends.vendors.backend import POOL
@@ -20,7 +22,7 @@ from server.backends.vendors.sizes import (
     nearest_aspect_ratio,
     nearest_size,
 )
-from server.errors import ModelUnavailable, RateLimitExceeded, UpstreamError
+from server.errors import RateLimitExceeded, UpstreamError
 from server.registry import ModelRegistry
 from server.settings import Settings, load_settings
 from tests.support.emulators.common import png
@@ -42,7 +44,7 @@ async def test_missing_key_is_503_naming_the_setting(model_id, provider):
     assert not readiness.ready and f"IMAGESERVE_{provider}_API_KEY" in readiness.detail
     with pytest.raises(ModelUnavailable) as caught:
         await backend.generate(None)  # type: ignore[arg-type]
-    assert caught.value.status == 503 and f"set IMAGESERVE_{provider}_API_KEY" in caught.value.message
+    assert status_of(caught.value) == 503 and f"set IMAGESERVE_{provider}_API_KEY" in caught.value.message
 
 
 async def test_configured_key_builds_the_adapter():
@@ -104,7 +106,7 @@ def test_retry_after_parsing():
 @pytest.mark.parametrize("retry_after", [float("inf"), float("nan"), 1e308])
 def test_a_429_never_carries_an_unbounded_wait(retry_after: float) -> None:
     error = RateLimitExceeded("slow down", retry_after=retry_after)
-    assert error.headers["Retry-After"] == "86400" and error.body()["error"]["retry_after"] == 86400
+    assert headers_of(error)["Retry-After"] == "86400" and body_of(error)["error"]["retry_after"] == 86400
 
 
 async def test_pool_shares_and_closes_the_client():
@@ -133,7 +135,7 @@ async def test_inspect_image_decodes_the_whole_image():
         for broken in (whole[: len(whole) // 2], whole[:40], b"not an image"):
             with pytest.raises(UpstreamError) as caught:
                 inspect_image(broken, vendor)
-            assert caught.value.status == 502 and caught.value.code == "upstream_bad_response"
+            assert status_of(caught.value) == 502 and caught.value.code == "upstream_bad_response"
             assert "Google sent a malformed answer" in caught.value.message
     finally:
         await vendor.aclose()

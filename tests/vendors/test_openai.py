@@ -8,6 +8,7 @@ import io
 import pytest
 from PIL import Image
 
+from server.api.errors import headers_of, status_of
 from server.errors import ContentPolicyViolation, RateLimitExceeded, UpstreamError
 from tests.support.emulators.common import Fail, Hang, Malformed
 from tests.vendors.conftest import KEYS, assert_no_secret, make_settings, request
@@ -72,7 +73,7 @@ async def test_content_policy(openai_emu, backends):
         backend = await backends("dall-e-3", settings(openai_emu, models=mapping))
         with pytest.raises(ContentPolicyViolation) as caught:
             await backend.generate(request("dall-e-3", prompt="something forbidden"))
-        assert caught.value.status == 400 and caught.value.type == "content_policy_violation"
+        assert status_of(caught.value) == 400 and caught.value.type == "content_policy_violation"
 
 
 @pytest.mark.parametrize(("retry_after", "expected"), [("3", 3), (None, 7)])
@@ -81,7 +82,7 @@ async def test_rate_limit(openai_emu, backends, retry_after, expected):
     backend = await backends("dall-e-3", settings(openai_emu))
     with pytest.raises(RateLimitExceeded) as caught:
         await backend.generate(request("dall-e-3"))
-    assert caught.value.retry_after == expected and caught.value.headers["Retry-After"] == str(expected)
+    assert caught.value.retry_after == expected and headers_of(caught.value)["Retry-After"] == str(expected)
     assert len(openai_emu.calls("generate")) == 1  # a 429 is the caller's to retry, not ours
     assert_no_secret(caught.value, KEY)
 
@@ -98,7 +99,7 @@ async def test_persistent_5xx(openai_emu, backends, caplog):
     backend = await backends("dall-e-3", settings(openai_emu))
     with pytest.raises(UpstreamError) as caught:
         await backend.generate(request("dall-e-3"))
-    assert caught.value.status == 502 and "after 3 attempts" in caught.value.message
+    assert status_of(caught.value) == 502 and "after 3 attempts" in caught.value.message
     assert len(openai_emu.calls("generate")) == 3
     assert_no_secret(caught.value, KEY)
     assert KEY not in caplog.text
@@ -116,7 +117,7 @@ async def test_wrong_key(openai_emu, backends, caplog):
     backend = await backends("dall-e-3", settings(openai_emu, api_key="sk-wrong-key-123456"))
     with pytest.raises(UpstreamError) as caught:
         await backend.generate(request("dall-e-3"))
-    assert caught.value.status == 502
+    assert status_of(caught.value) == 502
     assert "OpenAI" in caught.value.message and "IMAGESERVE_OPENAI_API_KEY" in caught.value.message
     assert_no_secret(caught.value, "sk-wrong-key-123456", KEY)
     assert "sk-wrong-key-123456" not in caplog.text

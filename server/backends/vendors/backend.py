@@ -7,10 +7,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
+from pipelines.errors import ImageServeError
 from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult, Readiness
 from server.backends.vendors.base import PROVIDER_NAMES, Vendor, VendorPool
 from server.backends.vendors.base import inspect_image as inspect_image
-from server.errors import ApiError, UpstreamError
+from server.errors import UpstreamError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Sequence
@@ -60,13 +61,12 @@ class VendorBackend:
         started = time.perf_counter()
         try:
             images, extra = await self._generate(self._vendor, request)
-        except ApiError as exc:
+        except ImageServeError as exc:
             logger.info(
-                "request %s: %s %s failed: %s %s",
+                "request %s: %s %s failed: %s",
                 request.request_id,
                 self.provider_name,
                 self.upstream_model(),
-                exc.status,
                 exc.type,
             )
             raise

@@ -31,7 +31,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from server.errors import ApiError, RateLimitExceeded, ServerOverloaded, UpstreamError
+from pipelines.errors import ImageServeError, QueueFull
+from server.errors import RateLimitExceeded, UpstreamError
 from server.settings import ProviderSettings, provider_env_name
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class UpstreamReply:
         return body.get(name) if isinstance(body, dict) else None
 
 
-Classifier = Callable[[UpstreamReply, "Vendor"], ApiError | None]
+Classifier = Callable[[UpstreamReply, "Vendor"], ImageServeError | None]
 
 
 def _seconds(raw: str, scale: float) -> float | None:
@@ -162,7 +163,7 @@ class Vendor:
                 self.name,
                 timeout,
             )
-            raise ServerOverloaded(
+            raise QueueFull(
                 f"Too many requests are waiting for {self.name}: all {self.settings.max_concurrency} upstream "
                 f"slots stayed busy for {timeout:g}s. Try again later.",
                 # The provider's "come back later" hint, as for a vendor 429 without Retry-After.
@@ -303,7 +304,7 @@ class Vendor:
         if urlsplit(url).scheme not in ("http", "https"):
             raise self.malformed(what)
 
-        def refused_link(reply: UpstreamReply, vendor: Vendor) -> ApiError | None:
+        def refused_link(reply: UpstreamReply, vendor: Vendor) -> ImageServeError | None:
             return vendor.link_refused(reply.status) if reply.status in (401, 403) else None
 
         async def attempt() -> bytes:

@@ -21,11 +21,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pipelines.errors import ImageServeError
 from pipelines.types import GeneratedImage, GenerationRequest
 from server.backends.vendors.backend import VendorBackend, run_all
 from server.backends.vendors.base import UpstreamReply, Vendor, decode_b64
 from server.backends.vendors.sizes import GEMINI_IMAGE_RATIOS, IMAGEN_RATIOS, nearest_aspect_ratio
-from server.errors import ApiError, ContentPolicyViolation, UpstreamError
+from server.errors import ContentPolicyViolation, UpstreamError
 from server.settings import GoogleProviderSettings
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ SAFETY_REASONS = frozenset({
 _POLICY_HINTS = ("responsible ai", "sensitive words", "safety", "prohibited")
 
 
-def _classify(reply: UpstreamReply, vendor: Vendor) -> ApiError | None:
+def _classify(reply: UpstreamReply, vendor: Vendor) -> ImageServeError | None:
     details = reply.error_field("details")
     reasons = (
         {d.get("reason") for d in details if isinstance(d, dict)} if isinstance(details, list) else set()

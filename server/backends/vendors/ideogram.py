@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pipelines.errors import ImageServeError
 from pipelines.types import GeneratedImage, GenerationRequest
 from server.backends.vendors.backend import VendorBackend
 from server.backends.vendors.base import UpstreamReply, Vendor
 from server.backends.vendors.sizes import IDEOGRAM_RESOLUTIONS, ideogram_resolution, nearest_size
-from server.errors import ApiError, ContentPolicyViolation
+from server.errors import ContentPolicyViolation
 from server.settings import IdeogramProviderSettings
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 IDEOGRAM_MAX_SEED = 2**31 - 1
 
 
-def _classify(reply: UpstreamReply, vendor: Vendor) -> ApiError | None:
+def _classify(reply: UpstreamReply, vendor: Vendor) -> ImageServeError | None:
     if reply.status == 422:
         return ContentPolicyViolation()
     return None

@@ -19,11 +19,12 @@ from typing import Any
 import httpx2
 import openai
 
+from pipelines.errors import ImageServeError
 from pipelines.types import GeneratedImage, GenerationRequest
 from server.backends.vendors.backend import VendorBackend
 from server.backends.vendors.base import RetryableError, UpstreamReply, Vendor, decode_b64
 from server.backends.vendors.sizes import DALL_E_2_SIZES, DALL_E_3_SIZES, GPT_IMAGE_SIZES, nearest_size
-from server.errors import ApiError, ContentPolicyViolation, UpstreamError
+from server.errors import ContentPolicyViolation, UpstreamError
 from server.settings import OpenAIProviderSettings
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def is_gpt_image(model: str) -> bool:
     return model.startswith(("gpt-image", "chatgpt-image"))
 
 
-def _classify(reply: UpstreamReply, vendor: Vendor) -> ApiError | None:
+def _classify(reply: UpstreamReply, vendor: Vendor) -> ImageServeError | None:
     code = reply.error_field("code")
     if reply.status == 400 and code in _POLICY_CODES:
         return ContentPolicyViolation()
@@ -121,7 +122,7 @@ class OpenAIImagesBackend(VendorBackend):
                 )
                 try:
                     vendor.raise_for_reply(reply, what, _classify)
-                except ApiError as error:  # without the SDK's exception (and the vendor's body) as its context
+                except ImageServeError as error:  # without the SDK's exception (and the vendor's body) as its context
                     raise error from None
                 raise vendor.malformed(what) from None  # a non-error status the SDK still raised for
             except (openai.APIError, ValueError):  # a 2xx body the SDK could not read or validate

@@ -21,7 +21,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.backends.vendors.sizes import IMAGEN_RATIOS
 from tests.support.emulators.common import EmulatorBase, png
 
 PREDICT_MODELS = {"imagen-3.0-generate-002", "imagen-4.0-generate-001"}
@@ -39,6 +38,18 @@ PARAMETERS = {
     "enhancePrompt",
     "imageSize",
 }
+# Imagen on the Gemini API (`:predict`): the five `aspectRatio` values of Google's reference and the size each
+# one produces (the Imagen 3 model card), written out here, not imported from the product's table:
+# `tests/vendors/test_size_tables.py` checks that `server.backends.vendors.sizes.IMAGEN_RATIOS` agrees.
+IMAGEN_RATIOS = {
+    "1:1": (1024, 1024),
+    "3:4": (896, 1280),
+    "4:3": (1280, 896),
+    "9:16": (768, 1408),
+    "16:9": (1408, 768),
+}
+# Gemini image models (`:generateContent`, `imageConfig.aspectRatio`): the ten ratios of Google's reference and
+# the 1K size of each; the product keeps only the ratio names (`GEMINI_IMAGE_RATIOS`), checked the same way.
 GEMINI_RATIOS = {
     "1:1": (1024, 1024),
     "2:3": (832, 1248),

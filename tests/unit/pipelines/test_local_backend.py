@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
+from pipelines.errors import ModelUnavailable
 from pipelines.local import LocalDiffusersBackend
 from pipelines.scheduler import BatchKey, ImageJobSpec
 from pipelines.types import GenerationRequest
 from server.app import build_registry
-from server.errors import ModelUnavailable
 from server.settings import load_settings
 from tests.support.server_harness import running_server
 

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import pytest
 
+from pipelines.errors import GenerationFailed, OutOfDeviceMemory, QueueFull
 from pipelines.scheduler import BatchKey, BatchScheduler, DeviceOutOfMemory, ImageJobSpec, TimedOutputs
-from server.errors import GenerationFailed, InsufficientResources, ServerOverloaded
+from server.api.errors import status_of
 
 KEY = BatchKey("m", 256, 256, 4, 3.5, 512)
 OTHER_SIZE = BatchKey("m", 512, 256, 4, 3.5, 512)
@@ -148,9 +149,9 @@ async def test_full_queue_refuses_whole_requests_with_503() -> None:
     await runner.started.wait()  # "a" left the queue and is on the device
     queued = asyncio.create_task(scheduler.generate(KEY, specs("b")))
     await asyncio.sleep(0)
-    with pytest.raises(ServerOverloaded) as refused:
+    with pytest.raises(QueueFull) as refused:
         await scheduler.generate(KEY, specs("c", "d"))  # would make 3 queued: refused whole
-    assert refused.value.status == 503 and refused.value.headers["Retry-After"]
+    assert refused.value.retry_after >= 1  # the HTTP edge turns it into 503 with Retry-After
     assert scheduler.queued_images == 1
     runner.gate.set()
     await asyncio.gather(running, queued)
@@ -184,9 +185,9 @@ async def test_out_of_memory_splits_the_batch_then_gives_a_single_image_503() ->
     assert [len(batch) for _, batch in runner.batches] == [1, 1, 1, 1]
 
     runner.oom_above = 0
-    with pytest.raises(InsufficientResources) as error:
+    with pytest.raises(OutOfDeviceMemory) as error:
         await scheduler.generate(KEY, specs("too big"))
-    assert error.value.status == 503
+    assert status_of(error.value) == 503
     runner.oom_above = None
     assert len(await scheduler.generate(KEY, specs("fine"))) == 1
     await scheduler.close()

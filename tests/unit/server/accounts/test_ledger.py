@@ -11,6 +11,7 @@ import pytest
 from server.accounts.database import Database
 from server.accounts.keys import KeyStore
 from server.accounts.ledger import UsageLedger
+from server.api.errors import headers_of
 from server.errors import RateLimitExceeded
 from server.service import Outcome
 from server.settings import load_settings
@@ -29,7 +30,7 @@ def test_minute_window_counts_images_and_says_how_long_to_wait(ledger: UsageLedg
     with pytest.raises(RateLimitExceeded) as refused:
         ledger.admit_sync(key, request(1))
     assert refused.value.retry_after == 30  # the 3 images of t=0 leave at t=60; now t=30
-    assert "x-should-retry" not in refused.value.headers
+    assert "x-should-retry" not in headers_of(refused.value)
     clock.advance(30)  # t=60: the first 3 have left the window
     ledger.admit_sync(key, request(3))
     with pytest.raises(RateLimitExceeded) as refused:
@@ -45,7 +46,7 @@ def test_daily_limit_refuses_without_retry_and_resets_a_day_later(ledger: UsageL
     with pytest.raises(RateLimitExceeded) as refused:
         ledger.admit_sync(key, request(1))
     error = refused.value
-    assert error.headers["x-should-retry"] == "false"
+    assert headers_of(error)["x-should-retry"] == "false"
     assert error.retry_after == 86_400 - 10 * 61  # until the first 5 (at T0) leave the day window
     assert "50 images per day" in error.message
     clock.now = T0 + 86_400  # the first request's images have left the day
@@ -74,7 +75,7 @@ def test_more_than_the_limit_in_one_request_is_never_admitted(ledger: UsageLedge
     key = free_key(database, clock, per_minute=3)
     with pytest.raises(RateLimitExceeded) as refused:
         ledger.admit_sync(key, request(4))
-    assert refused.value.headers["x-should-retry"] == "false" and "at most 3" in refused.value.message
+    assert headers_of(refused.value)["x-should-retry"] == "false" and "at most 3" in refused.value.message
 
 
 def test_custom_key_limits_and_unlimited_enterprise(ledger: UsageLedger, database, clock) -> None:
@@ -83,7 +84,7 @@ def test_custom_key_limits_and_unlimited_enterprise(ledger: UsageLedger, databas
         ledger.admit_sync(custom, request(1))
     with pytest.raises(RateLimitExceeded) as refused:
         ledger.admit_sync(custom, request(1))
-    assert refused.value.headers["x-should-retry"] == "false"
+    assert headers_of(refused.value)["x-should-retry"] == "false"
     _, record = KeyStore(database, clock=clock).create("enterprise", "big")
     for _ in range(30):
         ledger.admit_sync(record.principal(), request(10))

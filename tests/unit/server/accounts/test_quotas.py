@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from server.accounts.quotas import DAY, MINUTE, FailureLimiter, Limits, Window, refusal, seconds_until_fits
+from server.api.errors import body_of, headers_of, status_of
 from server.errors import RateLimitExceeded
 from server.settings import load_settings
 
@@ -50,16 +51,16 @@ def test_limits_resolve_key_overrides_and_zero_means_unlimited() -> None:
 
 def test_refusal_headers_minute_vs_day() -> None:
     minute = refusal(Window("minute", MINUTE, 5), 5, 1, 12.3, "free")
-    assert minute.status == 429 and minute.retry_after == 13
-    assert minute.headers["Retry-After"] == "13" and minute.headers["retry-after-ms"] == "12300"
-    assert "x-should-retry" not in minute.headers
-    body = minute.body()["error"]
+    assert status_of(minute) == 429 and minute.retry_after == 13
+    assert headers_of(minute)["Retry-After"] == "13" and headers_of(minute)["retry-after-ms"] == "12300"
+    assert "x-should-retry" not in headers_of(minute)
+    body = body_of(minute)["error"]
     assert body["type"] == "rate_limit_exceeded" and body["retry_after"] == 13
     assert "5 images per minute" in body["message"]
     day = refusal(Window("day", DAY, 50), 50, 1, 3600.0, "free")
-    assert day.headers["x-should-retry"] == "false" and day.retry_after == 3600
+    assert headers_of(day)["x-should-retry"] == "false" and day.retry_after == 3600
     never = refusal(Window("minute", MINUTE, 5), 0, 6, None, "free")
-    assert never.headers["x-should-retry"] == "false" and "at most 5" in never.message
+    assert headers_of(never)["x-should-retry"] == "false" and "at most 5" in never.message
 
 
 def test_failure_limiter_blocks_after_limit_then_recovers() -> None:
