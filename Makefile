@@ -43,7 +43,9 @@ install-test: $(VENV)/.installed-test
 serve: install
 	$(VENV)/bin/imageserve serve
 
+# The layer contracts first (seconds; pyproject.toml [tool.importlinter]), then the whole suite.
 test: install-test
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 lint: install-test

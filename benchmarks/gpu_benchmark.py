@@ -52,7 +52,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +205,7 @@ def run_job(job: Job, args: argparse.Namespace, placement: Placement, *, reason:
     started = clock()
     options, compile_off = job.options, None
     if args.smoke and not args.smoke_compile and options.compile != "off":
-        options, compile_off = replace(options, compile="off"), SMOKE_COMPILE_OFF
+        options, compile_off = options.model_copy(update={"compile": "off"}), SMOKE_COMPILE_OFF
     if reason:
         logger.warning("%s %s skipped: %s", job.model, job.config, reason)
         rows = [{"model": job.model, "config": job.config, "batch": batch, "applied": {}, "switched_off": {},

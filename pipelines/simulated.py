@@ -28,49 +28,18 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipelines.local import LocalDiffusersBackend
+from pipelines.options import FLUX_DEV_H100, DeviceProfile, LocalModelOptions
 from pipelines.scheduler import BatchKey, ImageJobSpec
-from pipelines.types import Readiness
+from pipelines.types import BatchObserver, LocalModelSpec, Readiness
 
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-    from server.registry import ModelSpec
-    from server.settings import Settings
-
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DeviceProfile:
-    """How long a batch takes on the simulated device; `time_scale` < 1 runs faster than real time."""
-
-    step_seconds_base: float
-    step_seconds_per_megapixel: float
-    time_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.step_seconds_base < 0 or self.step_seconds_per_megapixel < 0:
-            raise ValueError("step seconds must not be negative")
-        if self.time_scale <= 0:
-            raise ValueError("time_scale must be greater than 0")
-
-    def batch_seconds(self, steps: int, width: int, height: int, images: int) -> float:
-        """Device time of one batch of `images` images of `width`x`height`, already scaled."""
-        megapixels = images * width * height / 1e6
-        return steps * (self.step_seconds_base + self.step_seconds_per_megapixel * megapixels) * self.time_scale
-
-    def images_per_second(self, steps: int, width: int, height: int, images: int) -> float:
-        """The ideal throughput: a device that is never idle, running batches of `images`."""
-        return images / self.batch_seconds(steps, width, height, images)
-
-
-# FLUX.1-dev, bf16, diffusers eager, one H100; derivation in the module docstring.
-FLUX_DEV_H100 = DeviceProfile(step_seconds_base=0.0286, step_seconds_per_megapixel=0.1975)
 
 
 def synthesize_pixels(width: int, height: int, seed: int) -> NDArray[np.uint8]:
@@ -107,6 +76,8 @@ class SimulatedRunner:
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"simulated-{name}")
 
+    optimizations = None  # nothing to optimize on a simulated device
+
     @property
     def loaded(self) -> bool:
         return True
@@ -131,24 +102,13 @@ class SimulatedRunner:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def profile_for(spec: ModelSpec, settings: Settings) -> DeviceProfile:
-    """The `[models.<id>]` profile; fields left out default to FLUX.1-dev on an H100."""
-    model_settings = settings.model_settings(spec.id)
-    base = model_settings.step_seconds_base
-    per_mp = model_settings.step_seconds_per_megapixel
-    return DeviceProfile(
-        step_seconds_base=FLUX_DEV_H100.step_seconds_base if base is None else base,
-        step_seconds_per_megapixel=FLUX_DEV_H100.step_seconds_per_megapixel if per_mp is None else per_mp,
-        time_scale=model_settings.time_scale,
-    )
-
-
 class SimulatedBackend(LocalDiffusersBackend):
     """A local model on a simulated device: same scheduler, seeds and results; no weights needed."""
 
-    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
-        super().__init__(spec, settings)
-        self.profile = profile_for(spec, settings)
+    def __init__(self, spec: LocalModelSpec, options: LocalModelOptions, *,
+                 observer: BatchObserver | None = None) -> None:
+        super().__init__(spec, options, observer=observer)
+        self.profile = options.profile or FLUX_DEV_H100
 
     def _create_runner(self) -> SimulatedRunner:
         return SimulatedRunner(self.spec.id, self.profile)
@@ -159,7 +119,7 @@ class SimulatedBackend(LocalDiffusersBackend):
                                f"per step, time scale {p.time_scale:g}")
 
     def describe(self) -> dict[str, Any]:
-        return {"device": "simulated", "dtype": "bf16", "max_batch_images": self._model_settings.max_batch_images,
+        return {"device": "simulated", "dtype": "bf16", "max_batch_images": self._options.max_batch_images,
                 "step_seconds_base": self.profile.step_seconds_base,
                 "step_seconds_per_megapixel": self.profile.step_seconds_per_megapixel,
                 "time_scale": self.profile.time_scale}

@@ -6,12 +6,28 @@ frozen dataclasses travel. Local diffusers models and vendor adapters implement 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
+
+
+# Seeds are 0 .. 2**32 - 1; `n` images get `seed, seed + 1, ...` modulo 2**32.
+SEED_MAX = 2**32 - 1
+SEED_MODULUS = SEED_MAX + 1
+
+_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
+
+
+def split_size(text: str) -> tuple[int, int] | None:
+    """`"1024x768"` -> (1024, 768); None unless the whole text is WIDTHxHEIGHT (no sign, space or newline).
+    The one size parser: the API, the settings and the optimizations all go through it."""
+    match = _SIZE.fullmatch(text)
+    return (int(match[1]), int(match[2])) if match else None
 
 
 @dataclass(frozen=True)
@@ -70,15 +86,70 @@ class Readiness:
     detail: str = ""
 
 
-class ImageBackend(Protocol):
-    """What the service needs of any model: local pipeline or vendor adapter."""
+class LocalModelSpec(Protocol):
+    """What the engine needs to know of a local model's catalogue entry (`server.registry.ModelSpec` has it)."""
 
-    async def start(self) -> None: ...
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def source(self) -> str | None: ...
+
+    @property
+    def default_steps(self) -> int | None: ...
+
+    @property
+    def default_guidance(self) -> float | None: ...
+
+    @property
+    def max_sequence_length(self) -> int | None: ...
+
+    @property
+    def extra_params(self) -> frozenset[str]: ...
+
+    def accepts_size(self, width: int, height: int) -> bool: ...
+
+
+@dataclass(frozen=True)
+class BackendStats:
+    """What a backend reports for metrics at scrape time."""
+
+    queued_images: int = 0  # images waiting for the device (not counting the batch running now)
+    dropped_jobs: int = 0  # queued images dropped because their client went away before they ran
+
+
+BatchObserver = Callable[[int, float], None]  # (images in the batch, device seconds), e.g. metrics
+
+
+class ImageBackend(Protocol):
+    """Every capability a model's backend has, local pipeline or vendor adapter: nobody probes for more.
+
+    Observers (`BatchObserver`) are given to a backend when it is built, never attached afterwards.
+    `VendorBackend` and `UnavailableBackend` answer the hooks they have no use for with the defaults
+    below (no preload, empty stats, a description without a device).
+    """
+
+    async def start(self) -> None:
+        """Work the backend does once the event loop runs (cheap; weights load in `preload` or on first use)."""
+        ...
+
+    async def preload(self) -> None:
+        """Make the model ready now (load weights, warm up); a no-op where there is nothing to load."""
+        ...
 
     async def close(self) -> None: ...
 
     def readiness(self) -> Readiness: ...
 
+    def describe(self) -> dict[str, Any]:
+        """What `GET /v1/models` adds to the model card (device, dtype, optimizations); never raises."""
+        ...
+
+    def stats(self) -> BackendStats: ...
+
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Make `request.n` images or raise `server.errors.ImageServeError`."""
+        """Make `request.n` images or raise an `pipelines.errors.ImageServeError`."""
         ...

@@ -2,23 +2,25 @@
 
 Each app gets its own `CollectorRegistry` (never the global default), so several servers in one process
 (the tests) do not clash. Counters are fed by two hooks: the service's outcome per request
-(`ImageService(on_outcome=...)`) and each local scheduler's `on_batch(images, device_seconds)`. Queue
-depth and GPU memory are read when scraped.
+(`ImageService(on_outcome=...)`) and, per local model, the `batch_observer` its backend is built with.
+Queue depth and dropped jobs (each backend's `stats()`) and GPU memory are read when scraped.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from pipelines.types import BatchObserver, ImageBackend
+
 if TYPE_CHECKING:
-    from server.service import Outcome
+    from server.accounts.outcome import Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -27,25 +29,22 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
 class _LiveCollector(Collector):
-    """Values read at scrape time: queue depth per local model, GPU memory where CUDA is in use."""
+    """Values read at scrape time: each watched backend's queue, GPU memory where CUDA is in use."""
 
-    def __init__(self, backends: Mapping[str, Any]) -> None:
+    def __init__(self, backends: Mapping[str, ImageBackend]) -> None:
         self._backends = backends
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = {model_id: backend.stats() for model_id, backend in self._backends.items()}
         queue = GaugeMetricFamily("imageserve_queue_depth", "Images queued for the device, per local model.",
                                   labels=["model"])
-        for model_id, backend in self._backends.items():
-            depth = getattr(backend, "queued_images", None)
-            if isinstance(depth, int):
-                queue.add_metric([model_id], depth)
+        for model_id, current in stats.items():
+            queue.add_metric([model_id], current.queued_images)
         yield queue
         dropped = CounterMetricFamily("imageserve_dropped_jobs", "Queued images dropped before running because "
                                       "their client went away, per local model.", labels=["model"])
-        for model_id, backend in self._backends.items():
-            count = getattr(backend, "dropped_jobs", None)
-            if isinstance(count, int):
-                dropped.add_metric([model_id], count)
+        for model_id, current in stats.items():
+            dropped.add_metric([model_id], current.dropped_jobs)
         yield dropped
         yield from _gpu_memory()
 
@@ -94,14 +93,13 @@ class Metrics:
                               "(bad input, bad key and the like included, which never reach a model).",
                               ["route", "type"], registry=r)
 
-    def attach(self, backends: Mapping[str, Any]) -> None:
-        """Hook every local backend's batches (those with an `on_batch` slot) and read queues at scrape time."""
-        for model_id, backend in backends.items():
-            if hasattr(backend, "on_batch"):
-                backend.on_batch = self.batch_observer(model_id)
+    def attach(self, backends: Mapping[str, ImageBackend]) -> None:
+        """Report these backends' queues (their `stats()`) at scrape time: the local models', which have one."""
         self.registry.register(_LiveCollector(backends))
 
-    def batch_observer(self, model_id: str) -> Callable[[int, float], None]:
+    def batch_observer(self, model_id: str) -> BatchObserver:
+        """What a local model's backend is built with to report each batch it runs (images, device seconds).
+        Its series appear, at zero, as soon as this is asked for."""
         batch_size = self.batch_size.labels(model_id)
         busy = self.device_busy.labels(model_id)
 

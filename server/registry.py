@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from server.settings import Settings
+
 CUSTOM_SIZE_MIN = 256
 CUSTOM_SIZE_MAX = 2048
 CUSTOM_SIZE_MULTIPLE = 16
@@ -215,3 +217,8 @@ class ModelRegistry:
 
     def ids(self) -> list[str]:
         return list(self._models)
+
+
+def build_registry(settings: Settings) -> ModelRegistry:
+    """The registry in force for these settings: the defaults with the `[models.<id>]` tables applied."""
+    return ModelRegistry.from_overrides({mid: ms.registry_fields() for mid, ms in settings.models.items()})

@@ -1,8 +1,9 @@
-"""The image service: validated request in, OpenAI-format response (plus `perf`) out.
+"""The image service: a validated request in, an OpenAI-format answer (plus `perf`) out.
 
-Routes stay thin and call this. It resolves the model, asks its backend for images, encodes and stores
-them off the event loop (so the GPU thread never waits on PNG encoding), and prices the result.
-Quotas and the usage ledger plug in through `UsageGate`.
+The HTTP edge validates the body and resolves the model (`server.api.protocol`), then calls this. It admits
+the request (quotas), asks the model's backend for images, encodes and stores them off the event loop (so
+the GPU thread never waits on PNG encoding), prices the result and settles the usage ledger. Quotas and the
+ledger plug in through `UsageGate`; the service knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -20,27 +21,24 @@ from typing import Any, Protocol
 from pipelines.errors import ImageServeError
 from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult, ImageBackend
 from server.accounts.credentials import Principal
-from server.api.protocol import ImageGenerationBody, to_generation_request
+from server.accounts.outcome import Outcome
 from server.media.encoding import MIME_TO_FORMAT, encode_pixels, transcode
 from server.media.storage import ImageStore
-from server.registry import ModelRegistry, ModelSpec
+from server.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """What happened to one request, for the usage ledger and metrics."""
+class Delivery:
+    """How the client wants its images back: format and compression (None: PNG for local models, the
+    vendor's own format for hosted ones), base64 in the answer or a signed link, and the base of that link
+    (where the client reached us; None: the configured base)."""
 
-    principal: Principal
-    request_id: str
-    model: str
-    images: int
-    size: str
-    quality: str
-    cost_usd: float
-    latency_ms: float
-    status: str  # "ok" or an error type
+    output_format: str | None = None
+    compression: int | None = None
+    b64: bool = False
+    link_base: str | None = None
 
 
 class UsageGate(Protocol):
@@ -66,17 +64,13 @@ class NoUsageLimits:
 class ImageService:
     def __init__(
         self,
-        registry: ModelRegistry,
         backends: dict[str, ImageBackend],
         store: ImageStore,
-        default_model: str,
         usage: UsageGate | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
-        self.registry = registry
         self.backends = backends
         self.store = store
-        self.default_model = default_model
         self.usage: UsageGate = usage or NoUsageLimits()
         self.on_outcome = on_outcome  # metrics: every request that named a known model, admitted or not
         # Encoding has its own threads, one per core: a burst of big images then cannot starve the default
@@ -87,11 +81,11 @@ class ImageService:
         self._encoder.shutdown(wait=False, cancel_futures=True)
 
     async def generate(
-        self, body: ImageGenerationBody, principal: Principal, request_id: str, link_base: str | None = None
+        self, request: GenerationRequest, spec: ModelSpec, delivery: Delivery, principal: Principal
     ) -> dict[str, Any]:
-        """`link_base` is where the client reached us (for image URLs); None means the configured base."""
+        """Admit, generate, encode and store, price and settle one validated request."""
         started = time.perf_counter()
-        request, spec = to_generation_request(body, self.registry, self.default_model, request_id)
+        request_id = request.request_id
         try:
             await self.usage.admit(principal, request)
         except (ImageServeError, asyncio.CancelledError) as exc:  # refused, or the client left while it was decided
@@ -104,7 +98,7 @@ class ImageService:
         status = "error"
         try:
             result = await self.backends[spec.id].generate(request)
-            data = await self._materialize(result, body, request_id, link_base)
+            data = await self._materialize(result, delivery, request_id)
             status = "ok"
         except ImageServeError as exc:
             status = exc.type
@@ -153,33 +147,29 @@ class ImageService:
                 perf[key] = result.extra[key]
         return perf
 
-    async def _materialize(
-        self, result: GenerationResult, body: ImageGenerationBody, request_id: str, link_base: str | None
-    ) -> list[dict[str, Any]]:
+    async def _materialize(self, result: GenerationResult, delivery: Delivery, request_id: str) -> list[dict[str, Any]]:
         """Encode and store every image concurrently on the encoder threads."""
         loop = asyncio.get_running_loop()
         return list(await asyncio.gather(*(
-            loop.run_in_executor(self._encoder, self._materialize_one, image, body, request_id, link_base)
+            loop.run_in_executor(self._encoder, self._materialize_one, image, delivery, request_id)
             for image in result.images
         )))
 
-    def _materialize_one(
-        self, image: GeneratedImage, body: ImageGenerationBody, request_id: str, link_base: str | None
-    ) -> dict[str, Any]:
-        output_format = body.output_format or "png"
+    def _materialize_one(self, image: GeneratedImage, delivery: Delivery, request_id: str) -> dict[str, Any]:
+        output_format = delivery.output_format or "png"
         if image.pixels is not None:
-            encoded = encode_pixels(image.pixels, output_format, body.output_compression)
+            encoded = encode_pixels(image.pixels, output_format, delivery.compression)
         elif image.data is not None:
-            if body.output_format is None:  # keep the vendor's own format unless asked otherwise
+            if delivery.output_format is None:  # keep the vendor's own format unless asked otherwise
                 output_format = MIME_TO_FORMAT.get(image.mime_type or "", "png")
-            encoded = transcode(image.data, output_format, body.output_compression)
+            encoded = transcode(image.data, output_format, delivery.compression)
         else:  # pragma: no cover - a backend bug
             raise RuntimeError("backend returned an image with neither pixels nor bytes")
         entry: dict[str, Any] = {}
-        if body.wants_b64:
+        if delivery.b64:
             entry["b64_json"] = base64.b64encode(encoded).decode("ascii")
         else:
-            entry["url"] = self.store.save(encoded, output_format, request_id, link_base)
+            entry["url"] = self.store.save(encoded, output_format, request_id, delivery.link_base)
         if image.revised_prompt is not None:
             entry["revised_prompt"] = image.revised_prompt
         if image.seed is not None:

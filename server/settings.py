@@ -25,6 +25,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pipelines.optimizations.plan import OptimizationOptions
+
 Dtype = Literal["bf16", "fp16", "fp32"]
 # server.backends.factory.BACKEND_FACTORIES has one entry per kind.
 ModelKind = Literal["sd3", "flux", "tiny-sd3", "tiny-flux", "simulated", "openai", "bfl", "ideogram", "google"]
@@ -47,19 +49,13 @@ def check_http_url(value: str, name: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{name} must be an http:// or https:// URL with a host")
     return value.rstrip("/")
-# pipelines.optimizations.ATTENTION_BACKENDS has one entry per name.
-AttentionBackendName = Literal[
-    "native", "native_math", "native_cudnn", "native_flash", "native_efficient", "flash", "xformers", "sage"
-]
-# Per-model speed and memory options; each one's trade-off is in the table in pipelines/optimizations.py.
-OPTIMIZATION_FIELDS = frozenset({
-    "attention_backend", "compile", "compile_vae", "fuse_qkv", "quantize", "channels_last_vae", "vae_tiling",
-    "cpu_offload", "warmup_sizes", "warmup_steps", "debug_oom_above_images",
-})
+# Per-model speed and memory options: defined once, in pipelines.optimizations (OptimizationOptions).
+OPTIMIZATION_FIELDS = frozenset(OptimizationOptions.model_fields)
 
 
-class ModelSettings(BaseModel):
-    """A `[models.<id>]` table: registry overrides plus how a local model is loaded and batched."""
+class ModelSettings(OptimizationOptions):
+    """A `[models.<id>]` table: registry overrides, how a local model is loaded and batched, and its speed
+    options (the fields of `OptimizationOptions`, inherited)."""
 
     model_config = STRICT
 
@@ -82,20 +78,7 @@ class ModelSettings(BaseModel):
     step_seconds_base: float | None = Field(default=None, ge=0)
     step_seconds_per_megapixel: float | None = Field(default=None, ge=0)
     time_scale: float = Field(default=1.0, gt=0, le=1000)
-    # Optimizations (see OPTIMIZATION_FIELDS): what cannot apply on this machine switches off, logged.
-    attention_backend: AttentionBackendName = "native"
-    compile: Literal["off", "regional", "full"] = "off"
-    compile_vae: bool = True  # with compile on, the VAE decoder is compiled too
-    fuse_qkv: bool = False
-    quantize: Literal["none", "fp8"] = "none"
-    channels_last_vae: bool = False
-    vae_tiling: bool = False
-    cpu_offload: bool = False
-    warmup_sizes: list[str] = Field(default_factory=list)  # e.g. ["1024x1024"], run at load
-    warmup_steps: int = Field(default=2, ge=1, le=50)
-    debug_oom_above_images: int | None = Field(default=None, ge=0)  # testing aid: simulated out of memory
-
-    @field_validator("warmup_sizes", "sizes")
+    @field_validator("sizes")
     @classmethod
     def _check_sizes(cls, value: list[str] | None) -> list[str] | None:
         from pipelines.optimizations import parse_size

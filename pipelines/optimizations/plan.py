@@ -10,12 +10,15 @@ import importlib.util
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipelines.types import split_size
 
 if TYPE_CHECKING:
     from pipelines.device import Placement
-    from server.settings import ModelSettings
 
 FP8_MIN_CAPABILITY = (8, 9)
 
@@ -42,37 +45,39 @@ ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
 }
 
 
-@dataclass(frozen=True)
-class OptimizationOptions:
-    """What a model asks for; `plan_optimizations` decides what of it can apply here."""
+# One name per entry of ATTENTION_BACKENDS (a test keeps them equal).
+AttentionBackendName = Literal[
+    "native", "native_math", "native_cudnn", "native_flash", "native_efficient", "flash", "xformers", "sage"
+]
 
-    attention_backend: str = "native"
-    compile: str = "off"  # "off", "regional" or "full"
+
+class OptimizationOptions(BaseModel):
+    """What a model asks for; `plan_optimizations` decides what of it can apply here.
+
+    Defined once: the settings' `[models.<id>]` table (`server.settings.ModelSettings`) is built on these
+    fields, so a new option is one field here (plus its entry in the table in `pipelines.optimizations`).
+    """
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, allow_inf_nan=False)
+
+    attention_backend: AttentionBackendName = "native"
+    compile: Literal["off", "regional", "full"] = "off"
     compile_vae: bool = True  # with compile on: the VAE decoder is compiled too
     fuse_qkv: bool = False
-    quantize: str = "none"  # "none" or "fp8"
+    quantize: Literal["none", "fp8"] = "none"
     channels_last_vae: bool = False
     vae_tiling: bool = False
     cpu_offload: bool = False
-    warmup_sizes: tuple[tuple[int, int], ...] = ()
-    warmup_steps: int = 2
-    debug_oom_above_images: int | None = None
+    warmup_sizes: tuple[tuple[int, int], ...] = ()  # "WxH" strings in the settings, e.g. ["1024x1024"]
+    warmup_steps: int = Field(default=2, ge=1, le=50)
+    debug_oom_above_images: int | None = Field(default=None, ge=0)  # testing aid: simulated out of memory
 
+    @field_validator("warmup_sizes", mode="before")
     @classmethod
-    def from_settings(cls, settings: ModelSettings) -> OptimizationOptions:
-        return cls(
-            attention_backend=settings.attention_backend,
-            compile=settings.compile,
-            compile_vae=settings.compile_vae,
-            fuse_qkv=settings.fuse_qkv,
-            quantize=settings.quantize,
-            channels_last_vae=settings.channels_last_vae,
-            vae_tiling=settings.vae_tiling,
-            cpu_offload=settings.cpu_offload,
-            warmup_sizes=tuple(parse_size(size) for size in settings.warmup_sizes),
-            warmup_steps=settings.warmup_steps,
-            debug_oom_above_images=settings.debug_oom_above_images,
-        )
+    def _parse_sizes(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(parse_size(size) if isinstance(size, str) else size for size in value)
+        return value
 
     @property
     def compiles_vae(self) -> bool:
@@ -95,11 +100,10 @@ class OptimizationOptions:
 
 
 def parse_size(size: str) -> tuple[int, int]:
-    """`"1024x768"` -> (1024, 768); a ValueError names what is wrong."""
-    width, sep, height = size.lower().partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
+    """`"1024x768"` -> (1024, 768) for a setting (any case); a ValueError names what is wrong."""
+    parsed = split_size(size.lower())
+    if parsed is None:
         raise ValueError(f"size {size!r} must look like '1024x1024'")
-    parsed = int(width), int(height)
     if any(side <= 0 or side % 16 for side in parsed):
         raise ValueError(f"size {size!r}: width and height must be positive multiples of 16")
     return parsed
@@ -183,4 +187,4 @@ def plan_optimizations(
         if reason:
             off["quantize"] = reason
             changes["quantize"] = "none"
-    return OptimizationPlan(replace(options, **changes), off)
+    return OptimizationPlan(options.model_copy(update=changes), off)

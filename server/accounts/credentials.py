@@ -1,6 +1,6 @@
 """Who is calling: the bearer-token parser, `Principal`, key fingerprints, and the environment's keys.
 
-`server.accounts.keys.KeyAuthenticator` is what the app asks; it uses the pieces here. Keys from
+`server.accounts.authenticator.KeyAuthenticator` is what the app asks; it uses the pieces here. Keys from
 `IMAGESERVE_API_KEYS` (`EnvKeys`) are compared in memory, in constant time against every configured key
 (so timing does not reveal which prefix matched); keys made by `imageserve keys create` are looked up in
 the database by hash. No key is ever logged: a `Principal` carries only a fingerprint.
@@ -8,8 +8,8 @@ the database by hash. No key is ever logged: a `Principal` carries only a finger
 Fingerprints. A generated key (`isk_` plus 256 random bits) is named by a plain SHA-256: nothing can be
 brute-forced from it. An environment key is chosen by an operator and may be weak (`change-me`), so it
 is named by HMAC-SHA256 under the server's key pepper (`IMAGESERVE_KEY_PEPPER`, else a random one kept
-in the data dir): its fingerprint in logs, the ledger and `/v1/usage`, and its stored hash, say nothing
-about the key to someone who has them but not the pepper.
+in the data dir: `load_key_pepper`): its fingerprint in logs, the ledger and `/v1/usage`, and its stored
+hash, say nothing about the key to someone who has them but not the pepper.
 """
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from server.errors import AuthenticationError
+from server.secret_files import load_or_create_secret
 from server.settings import DEFAULT_TIERS
 
 MISSING_KEY = "Missing API key: send it as `Authorization: Bearer YOUR_API_KEY`."
 MALFORMED_HEADER = "Malformed Authorization header: expected `Bearer YOUR_API_KEY`."
+KEY_PEPPER_FILENAME = "key_pepper.key"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,11 @@ def key_digest(key: str, pepper: bytes | None) -> str:
 def key_fingerprint(key: str, pepper: bytes | None) -> str:
     """The id a key goes by in logs, the ledger and reports: `key_` and 16 hex digits of its digest."""
     return "key_" + key_digest(key, pepper)[:16]
+
+
+def load_key_pepper(data_dir: Path, configured: str | None) -> bytes:
+    """The configured pepper (`IMAGESERVE_KEY_PEPPER`), else a random one made once and kept in `data_dir` (0600)."""
+    return load_or_create_secret(data_dir, configured, KEY_PEPPER_FILENAME)
 
 
 def parse_api_keys(raw: str, tiers: Iterable[str] = DEFAULT_TIERS) -> dict[str, str]:

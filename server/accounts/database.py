@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 from sqlalchemy import (
@@ -46,8 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-if TYPE_CHECKING:
-    from server.settings import Settings
+from server.redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +117,11 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
 )
 
 
-def database_url(settings: Settings) -> str:
-    """The SQLAlchemy URL: `IMAGESERVE_DATABASE_URL`, else SQLite at `<data_dir>/imageserve.db`."""
-    if settings.database_url is not None and settings.database_url.get_secret_value().strip():
-        return normalise_url(settings.database_url.get_secret_value().strip())
-    return f"sqlite:///{(Path(settings.data_dir) / DB_FILENAME).resolve()}"
+def resolve_url(configured: str | None, data_dir: Path) -> str:
+    """The SQLAlchemy URL: the configured one (`IMAGESERVE_DATABASE_URL`), else SQLite at `<data_dir>/imageserve.db`."""
+    if configured is not None and configured.strip():
+        return normalise_url(configured.strip())
+    return f"sqlite:///{(Path(data_dir) / DB_FILENAME).resolve()}"
 
 
 def normalise_url(url: str) -> str:
@@ -175,13 +174,6 @@ def url_secrets(url: str) -> set[str]:
         found.update(str(value) for key, value in parsed.query.items() if key.lower().endswith("password"))
     found |= {unquote(secret) for secret in found}
     return {secret for secret in found if secret}
-
-
-def redact(text: str, secrets: set[str]) -> str:
-    """`text` with each secret replaced by `***`, longest first (one may contain another)."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 def mask_url(url: str) -> str:
@@ -284,10 +276,6 @@ class Database:
         self.lock_timeout = lock_timeout  # SQLite: how long to wait for the write lock before failing
         self._engine: Engine | None = None
         self._lock = threading.Lock()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Database:
-        return cls(database_url(settings))
 
     @property
     def display_url(self) -> str:

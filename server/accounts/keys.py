@@ -1,4 +1,4 @@
-"""API keys in the database, and the authenticator that checks them.
+"""API keys in the database: create, list, revoke, find, and the rows of the environment's keys.
 
 A key is `isk_` plus 256 random bits; only its SHA-256 is stored, so a stolen database yields no key
 (and with that much entropy a plain hash is enough: there is nothing to brute-force offline). A key is
@@ -7,49 +7,29 @@ authenticate from the environment and get a row (named by their fingerprint) for
 Operator-chosen keys may be weak, so their fingerprint and stored hash are HMACs under the key pepper
 (`load_key_pepper`; see `server.accounts.credentials`).
 
-The server is open (every request is anonymous) only when there is no key at all, neither in the
-environment nor active in the database, and only on loopback: `server.cli.main.check_exposure` refuses to
-start otherwise, and `KeyAuthenticator` refuses requests if the last key is revoked while listening
-elsewhere.
-
-Checking a key only reads the database (a deferred transaction on SQLite): a wrong key never takes the
-write lock, never waits behind admissions, and never writes; `last_used_at` is written by admission.
+`KeyStore.find` only reads the database (a deferred transaction on SQLite): checking a wrong key never
+takes the write lock, never waits behind admissions, and never writes; `last_used_at` is written by
+admission. The checking itself is `server.accounts.authenticator.KeyAuthenticator`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from server.accounts.credentials import (
-    ANONYMOUS,
-    EnvKeys,
-    Principal,
-    bearer_token,
-    key_digest,
-    key_fingerprint,
-    parse_api_keys,
-)
+from server.accounts.credentials import ANONYMOUS, Principal, key_digest, key_fingerprint
 from server.accounts.database import Database, api_keys, insert_ignore, usage_ledger
-from server.accounts.quotas import FailureLimiter
-from server.errors import AuthenticationError
-from server.media.storage import load_or_create_signing_key
-
-if TYPE_CHECKING:
-    from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "isk_"
-KEY_PEPPER_FILENAME = "key_pepper.key"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -60,12 +40,6 @@ def hash_key(key: str) -> str:
 
 def generate_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def load_key_pepper(settings: Settings) -> bytes:
-    """`IMAGESERVE_KEY_PEPPER`, else a random pepper made once and kept in the data dir (mode 0600)."""
-    configured = settings.key_pepper.get_secret_value() if settings.key_pepper else None
-    return load_or_create_signing_key(settings.data_dir, configured, KEY_PEPPER_FILENAME)
 
 
 @dataclass(frozen=True)
@@ -193,67 +167,3 @@ def _rekey_legacy_env_row(conn: Connection, key: str, key_id: str, key_hash: str
             key_id=key_id)).rowcount
         # The old id is an unsalted hash of the key: not logged.
         logger.info("re-keyed environment key %s to its peppered fingerprint (%d ledger rows)", key_id, entries)
-
-
-class KeyAuthenticator:
-    """Bearer keys from the environment (in memory, constant time), then from the database by hash.
-
-    Wrong keys count against the client address; past `failures_per_minute` it gets 429s (see
-    `FailureLimiter`). The count is per process, and the address is the TCP peer's (behind a reverse
-    proxy, the proxy's: `X-Forwarded-For` is not trusted). Database lookups run in a worker thread.
-    """
-
-    def __init__(self, store: KeyStore, env_keys: dict[str, str], *, pepper: bytes, allow_open: bool,
-                 failures_per_minute: int = 20, clock: Callable[[], float] = time.monotonic) -> None:
-        self.store = store
-        self.env_keys = env_keys
-        self.pepper = pepper
-        self._env = EnvKeys(env_keys, pepper)
-        self.allow_open = allow_open
-        self.failures = FailureLimiter(failures_per_minute, clock=clock)
-
-    @classmethod
-    def from_settings(cls, settings: Settings, store: KeyStore) -> KeyAuthenticator:
-        """Env keys checked against the configured tiers (`[tiers.<name>]` included), and the pepper."""
-        env_keys = parse_api_keys(settings.api_keys.get_secret_value(), settings.tiers)
-        pepper = load_key_pepper(settings) if env_keys else b""  # no env key, no pepper file needed
-        return cls(store, env_keys, pepper=pepper, allow_open=settings.listens_on_loopback_only(),
-                   failures_per_minute=settings.auth_failures_per_minute)
-
-    def prepare(self) -> None:
-        """Sync: create or migrate the database and give the environment keys their rows."""
-        self.store.sync_env_keys(self.env_keys, self.pepper)
-
-    async def is_open(self) -> bool:
-        return not self._env and not await asyncio.to_thread(self.store.has_active_keys)
-
-    async def authenticate(self, authorization: str | None, client_ip: str | None = None) -> Principal:
-        self.failures.check(client_ip)
-        try:
-            token = bearer_token(authorization)
-        except AuthenticationError:
-            if await self._open():
-                return ANONYMOUS
-            raise
-        principal = self._env.match(token)
-        if principal is not None:
-            return principal
-        record = await asyncio.to_thread(self.store.find, token)
-        if record is not None and record.active:
-            return record.principal()
-        if record is None and await self._open():
-            return ANONYMOUS
-        self.failures.record(client_ip)
-        if record is not None:
-            logger.info("refused revoked key %s from %s", record.name, client_ip)
-            raise AuthenticationError("This API key has been revoked.")
-        logger.info("refused an unknown API key from %s", client_ip)
-        raise AuthenticationError("Incorrect API key provided.")
-
-    async def _open(self) -> bool:
-        if not await self.is_open():
-            return False
-        if not self.allow_open:
-            raise AuthenticationError("No API key is configured on this server; create one with "
-                                      "`imageserve keys create`.")
-        return True

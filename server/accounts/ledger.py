@@ -33,9 +33,9 @@ from pipelines.errors import ImageServeError
 from pipelines.types import GenerationRequest
 from server.accounts.credentials import Principal
 from server.accounts.database import Database, api_keys, insert_ignore, usage_ledger
+from server.accounts.outcome import Outcome
 from server.accounts.quotas import DAY, MINUTE, Limits, refusal, seconds_until_fits, tier_limits
 from server.errors import RateLimitExceeded
-from server.service import Outcome
 
 logger = logging.getLogger(__name__)
 

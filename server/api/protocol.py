@@ -9,18 +9,15 @@ the vendor never sees a request we would reject.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from pipelines.types import GenerationRequest
+from pipelines.types import SEED_MAX, GenerationRequest, split_size
 from server.errors import InvalidRequest
 from server.registry import CUSTOM_SIZE_MAX, CUSTOM_SIZE_MIN, CUSTOM_SIZE_MULTIPLE, ModelRegistry, ModelSpec
 
 MAX_PROMPT_CHARS = 4000
-MAX_SEED = 2**32 - 1
-_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # used with fullmatch: no trailing newline slips through
 
 
 class ImageGenerationBody(BaseModel):
@@ -40,7 +37,7 @@ class ImageGenerationBody(BaseModel):
     output_compression: StrictInt | None = Field(default=None, ge=0, le=100)
     # Extensions, sent by clients as extra body keys.
     negative_prompt: StrictStr | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    seed: StrictInt | None = Field(default=None, ge=0, le=MAX_SEED)
+    seed: StrictInt | None = Field(default=None, ge=0, le=SEED_MAX)
     num_inference_steps: StrictInt | None = Field(default=None, ge=1, le=100)
     guidance_scale: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=30)
 
@@ -116,11 +113,11 @@ def _parse_size(size: str, spec: ModelSpec) -> tuple[int, int]:
     if spec.custom_sizes:
         allowed += (f", or any WxH with sides multiples of {CUSTOM_SIZE_MULTIPLE} from "
                     f"{CUSTOM_SIZE_MIN} to {CUSTOM_SIZE_MAX}")
-    match = _SIZE.fullmatch(size)
-    if match is None:
+    parsed = split_size(size)
+    if parsed is None:
         raise InvalidRequest(f"Invalid value for 'size': {size!r}. Expected WIDTHxHEIGHT; model '{spec.id}' "
                              f"takes {allowed}.", param="size")
-    width, height = int(match[1]), int(match[2])
+    width, height = parsed
     if not spec.accepts_size(width, height):
         raise InvalidRequest(f"Invalid value for 'size': {size!r} is not supported by model '{spec.id}'. "
                              f"Supported: {allowed}.", param="size")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from server.accounts.credentials import Principal
 from server.accounts.ledger import UsageLedger
+from server.api.deps import Authenticated
 from server.errors import InvalidRequest
 
 DEFAULT_DAYS = 30
@@ -56,13 +55,11 @@ def parse_range(params: dict[str, str], today: dt.date) -> tuple[dt.date, dt.dat
     return start, end
 
 
-def build_usage_router(authenticate: Callable[[Request], Awaitable[Principal]], ledger: UsageLedger) -> APIRouter:
-    router = APIRouter()
+router = APIRouter()
 
-    @router.get("/v1/usage")
-    async def usage(request: Request) -> dict[str, Any]:
-        principal = await authenticate(request)
-        start, end = parse_range(dict(request.query_params), ledger.today())
-        return await asyncio.to_thread(ledger.report, principal.key_id, start, end)
 
-    return router
+@router.get("/v1/usage")
+async def usage(request: Request, principal: Authenticated) -> dict[str, Any]:
+    ledger: UsageLedger = request.app.state.ledger
+    start, end = parse_range(dict(request.query_params), ledger.today())
+    return await asyncio.to_thread(ledger.report, principal.key_id, start, end)

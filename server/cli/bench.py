@@ -20,18 +20,27 @@ import asyncio
 import json
 import logging
 import os
-import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from server.cli.bench_report import (
+    DEFAULT_PROMPT,
+    BenchOptions,
+    RequestRecord,
+    markdown_table,
+    summarize,
+    write_chart,
+)
+from server.redaction import redact
+from server.registry import ModelRegistry
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_PROMPT = "A lighthouse on a cliff at dawn, waves below, photorealistic"
 NO_KEY = "none"  # what the client sends when no key is given; not a secret
 
 
@@ -55,43 +64,10 @@ class Target:
         return f"{self.model} @ {urlsplit(self.shown_url).netloc or self.shown_url}"
 
 
-@dataclass
-class RequestRecord:
-    target: str
-    index: int
-    started_s: float  # since the target's run began
-    latency_s: float
-    ok: bool
-    images: int = 0
-    cost_usd: float | None = None
-    cost_source: str | None = None  # "perf", "flag", "table" or None when unknown
-    error: str | None = None
-    perf: dict[str, Any] = field(default_factory=dict)
-    returned: str | None = None  # what the answer carried: "b64_json", "url" or "mixed"
-    image_bytes: int | None = None  # decoded image bytes, when the answer carried them (b64_json)
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    size: str = "1024x1024"
-    n: int = 1
-    concurrency: int = 4
-    requests: int = 16
-    warmup: int = 0
-    response_format: str | None = "b64_json"  # None: not sent, the endpoint's default answers
-    prompt: str = DEFAULT_PROMPT
-    quality: str | None = None
-    extra_body: dict[str, Any] = field(default_factory=dict)
-    timeout_s: float = 600.0
-    progress: bool = True
-
-
 class PriceTable:
     """Per-image list prices: `--price` flags first, then the registry's defaults."""
 
     def __init__(self, flags: dict[str, float] | None = None) -> None:
-        from server.registry import ModelRegistry
-
         self._flags = dict(flags or {})
         self._registry = ModelRegistry.from_overrides({})
 
@@ -134,9 +110,9 @@ def answer_shape(data: list[Any]) -> tuple[str | None, int | None]:
     return "b64_json", sum(_b64_size(item.b64_json) for item in data)
 
 
-def redact(text: str, api_key: str) -> str:
+def redact_key(text: str, api_key: str) -> str:
     """Error bodies may echo the key (OpenAI's 401 does); it must not reach the report."""
-    return text.replace(api_key, "***") if api_key and api_key != NO_KEY else text
+    return redact(text, () if api_key == NO_KEY else (api_key,))
 
 
 async def _one_request(client: Any, target: Target, options: BenchOptions, prices: PriceTable, index: int,
@@ -151,7 +127,7 @@ async def _one_request(client: Any, target: Target, options: BenchOptions, price
                              error=f"HTTP {exc.status_code}: {_error_message(exc, target.api_key)}")
     except openai.APIError as exc:
         return RequestRecord(target.label, index, started - began, time.perf_counter() - started, False,
-                             error=redact(f"{type(exc).__name__}: {exc}", target.api_key))
+                             error=redact_key(f"{type(exc).__name__}: {exc}", target.api_key))
     latency = time.perf_counter() - started
     perf = dict((response.model_extra or {}).get("perf") or {})
     data = response.data or []
@@ -170,8 +146,8 @@ def _error_message(exc: Any, api_key: str) -> str:
     if isinstance(body, dict):
         error = body.get("error", body)
         if isinstance(error, dict) and error.get("message"):
-            return redact(str(error["message"]), api_key)[:300]
-    return redact(str(exc), api_key)[:300]
+            return redact_key(str(error["message"]), api_key)[:300]
+    return redact_key(str(exc), api_key)[:300]
 
 
 async def run_target(target: Target, options: BenchOptions, prices: PriceTable) -> tuple[list[RequestRecord], float]:
@@ -206,105 +182,6 @@ async def run_target(target: Target, options: BenchOptions, prices: PriceTable) 
         await client.close()
     records.sort(key=lambda record: record.index)
     return records, wall
-
-
-# -- summarising ------------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile (q in 0..100); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def summarize(records: list[RequestRecord], wall_s: float) -> dict[str, Any]:
-    ok = [record for record in records if record.ok]
-    latencies = [record.latency_s for record in ok]
-    images = sum(record.images for record in ok)
-    costs = [record.cost_usd for record in ok if record.cost_usd is not None]
-    known_cost = bool(ok) and len(costs) == len(ok)
-    total_cost = sum(costs) if known_cost else None
-    with_bytes = [record for record in ok if record.image_bytes is not None and record.images]
-    byte_images = sum(record.images for record in with_bytes)
-    return {
-        "requests": len(records),
-        "ok": len(ok),
-        "errors": len(records) - len(ok),
-        "images": images,
-        "wall_s": round(wall_s, 3),
-        "latency_p50_s": percentile(latencies, 50),
-        "latency_p95_s": percentile(latencies, 95),
-        "latency_mean_s": statistics.fmean(latencies) if latencies else None,
-        "images_per_s": images / wall_s if wall_s > 0 else None,
-        "cost_usd_total": total_cost,
-        "cost_usd_per_image": total_cost / images if total_cost is not None and images else None,
-        "cost_sources": sorted({record.cost_source for record in ok if record.cost_source}),
-        "returned": sorted({record.returned for record in ok if record.returned}),
-        "image_bytes_per_image": (sum(record.image_bytes or 0 for record in with_bytes) / byte_images
-                                  if byte_images else None),
-        "first_error": next((record.error for record in records if not record.ok), None),
-    }
-
-
-def _fmt(value: float | None, pattern: str) -> str:
-    return "n/a" if value is None else pattern.format(value)
-
-
-def markdown_table(results: list[dict[str, Any]], options: BenchOptions) -> str:
-    lines = [
-        f"# imageserve bench: {options.size}, n={options.n}, {options.response_format or 'no response_format'}, "
-        f"concurrency {options.concurrency}, {options.requests} requests per target",
-        "",
-        "| target | ok/requests | p50 latency (s) | p95 latency (s) | images/s | cost per image (USD) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for result in results:
-        s = result["summary"]
-        cost = _fmt(s["cost_usd_per_image"], "{:.4f}")
-        if s["cost_sources"] and s["cost_sources"] != ["perf"]:
-            cost += f" ({'/'.join(s['cost_sources'])})"
-        lines.append(f"| {result['label']} | {s['ok']}/{s['requests']} | {_fmt(s['latency_p50_s'], '{:.2f}')} | "
-                     f"{_fmt(s['latency_p95_s'], '{:.2f}')} | {_fmt(s['images_per_s'], '{:.3f}')} | {cost} |")
-    errors = [(result["label"], result["summary"]["first_error"]) for result in results
-              if result["summary"]["first_error"]]
-    if errors:
-        lines += ["", "First error per target:", ""] + [f"- {label}: {error}" for label, error in errors]
-    return "\n".join(lines) + "\n"
-
-
-def write_chart(results: list[dict[str, Any]], records: list[RequestRecord], path: Path) -> str | None:
-    """A PNG with latency per target, images/s and cost per image; returns why it was skipped, if it was."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install 'imageserve[bench]'); no chart written"
-    labels = [result["label"] for result in results]
-    figure, (latency_ax, rate_ax, cost_ax) = plt.subplots(1, 3, figsize=(15, 4.5))
-    samples = [[r.latency_s for r in records if r.target == label and r.ok] for label in labels]
-    latency_ax.boxplot(samples, showfliers=True)
-    latency_ax.set_xticks(range(1, len(labels) + 1), labels, rotation=20, ha="right", fontsize=8)
-    latency_ax.set_ylabel("latency (s)")
-    latency_ax.set_title("latency per request")
-    rates = [result["summary"]["images_per_s"] or 0.0 for result in results]
-    rate_ax.bar(labels, rates, color="tab:green")
-    rate_ax.set_title("throughput (images/s)")
-    costs = [result["summary"]["cost_usd_per_image"] or 0.0 for result in results]
-    cost_ax.bar(labels, costs, color="tab:orange")
-    cost_ax.set_title("cost per image (USD)")
-    for axis in (rate_ax, cost_ax):
-        axis.tick_params(axis="x", labelrotation=20, labelsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return None
 
 
 # -- the command ------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ secret (API keys, database URL, HF_TOKEN, signing key, pepper) is read into the 
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import platform
@@ -21,10 +23,12 @@ from typing import Any
 
 from pipelines.device import NVIDIA_PROC_VERSION, choose_placement, cpu_refusal, device_warning, driver_version
 from pipelines.loading import PIPELINE_CLASSES, locate_weights
-from pipelines.optimizations import FP8_MIN_CAPABILITY, OptimizationOptions, plan_optimizations
+from pipelines.optimizations import FP8_MIN_CAPABILITY, plan_optimizations
 from pipelines.tiny import TINY_KINDS
 from server import __version__
-from server.app import build_registry
+from server.backends.factory import optimization_options
+from server.cli.common import add_config_option, settings_from_args
+from server.registry import build_registry
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -223,7 +227,7 @@ def models_report(settings: Settings) -> list[dict[str, Any]]:
         model_settings = settings.model_settings(spec.id)
         row: dict[str, Any] = {"id": spec.id, "kind": spec.kind,
                                "weights": locate_weights(spec.kind, spec.source, settings.model_cache).detail}
-        options = OptimizationOptions.from_settings(model_settings)
+        options = optimization_options(model_settings)
         row["configured"] = options.summary()
         try:
             placement = choose_placement(settings.device, model_settings.dtype or settings.dtype)
@@ -293,3 +297,18 @@ def render_text(report: dict[str, Any]) -> str:
         lines += ["", f"[{section}]"]
         _render_value(value if value not in ({}, []) else "none", "  ", lines)
     return "\n".join(lines)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Print what this machine can and cannot do; exit 0 even when things are missing (it is a diagnosis)."""
+    report = diagnose(settings_from_args(args))
+    print(json.dumps(report, indent=2) if args.json else render_text(report))
+    return 0
+
+
+def add_doctor_command(commands: Any) -> None:
+    """Register `doctor` on the `imageserve` parser's subcommands."""
+    doctor = commands.add_parser("doctor", help="diagnose torch, CUDA, GPUs, compilers, model cache and options")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output (for bug reports)")
+    add_config_option(doctor, help_text=None)
+    doctor.set_defaults(handler=cmd_doctor)

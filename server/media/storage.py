@@ -1,13 +1,15 @@
 """Generated images on disk, served through URLs signed with an HMAC and an expiry.
 
 A URL carries `expires` (unix seconds) and `sig` = HMAC-SHA256(key, "name:expires"). No auth header
-is needed to fetch it; a tampered or expired link is refused; expired files are deleted by a
-periodic sweep (and when an expired link is fetched). The signing key comes from the settings or is
-generated once and kept in the data dir (mode 0600), so links survive a restart.
+is needed to fetch it; a tampered or expired link is refused; expired files are deleted by the store's
+own periodic sweep, which runs between `start()` and `stop()` (and when an expired link is fetched). The
+signing key comes from the settings or is generated once and kept in the data dir (mode 0600), so links
+survive a restart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -15,13 +17,13 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlencode
 
 from server.errors import LinkExpired, LinkForbidden, NotFound
+from server.secret_files import load_or_create_secret
 
 logger = logging.getLogger(__name__)
 
@@ -30,32 +32,12 @@ _EXPIRES = re.compile(r"^[0-9]{1,12}$")
 PARTIAL_SUFFIX = ".part"
 PARTIAL_GRACE_SECONDS = 3600  # a half-written file this old was left by a crash
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+SIGNING_KEY_FILENAME = "url_signing.key"
 
 
-def load_or_create_signing_key(data_dir: Path, configured: str | None, file_name: str = "url_signing.key") -> bytes:
-    """The configured secret, else one generated once and kept in the data dir (mode 0600).
-
-    Written to a temporary file and linked into place, so replicas starting together on a shared data
-    dir agree on one key and nobody ever reads a half-written (or empty) one.
-    """
-    if configured:
-        return configured.encode()
-    path = data_dir / file_name
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=data_dir, prefix=f".{file_name}.")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(secrets.token_bytes(32))
-            os.chmod(temporary, 0o600)
-            with contextlib.suppress(FileExistsError):  # another process won: use its key
-                os.link(temporary, path)
-        finally:
-            os.unlink(temporary)
-    key = path.read_bytes()
-    if len(key) < 16:
-        raise ValueError(f"{path} holds no usable secret; delete it to have a new one generated")
-    return key
+def load_or_create_signing_key(data_dir: Path, configured: str | None, file_name: str = SIGNING_KEY_FILENAME) -> bytes:
+    """The configured URL signing key, else one generated once and kept in the data dir (mode 0600)."""
+    return load_or_create_secret(data_dir, configured, file_name)
 
 
 class ImageStore:
@@ -66,13 +48,36 @@ class ImageStore:
         base_url: str,
         ttl_seconds: int,
         clock: Callable[[], float] = time.time,
+        sweep_every: float = 60.0,
     ) -> None:
         self.directory = directory
         self._key = signing_key
         self._base_url = base_url.rstrip("/")
         self._ttl = ttl_seconds
         self.clock = clock
+        self._sweep_every = sweep_every
+        self._sweeper: asyncio.Task[None] | None = None
         directory.mkdir(parents=True, exist_ok=True)
+
+    async def start(self) -> None:
+        """Sweep expired images now and then every `sweep_every` seconds, until `stop()`."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="image-store-sweep")
+
+    async def stop(self) -> None:
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.delete_expired)
+            except OSError as exc:
+                logger.warning("could not sweep expired images: %s", exc)
+            await asyncio.sleep(self._sweep_every)
 
     def _signature(self, name: str, expires: int) -> str:
         return hmac.new(self._key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()

@@ -11,10 +11,11 @@ import torch
 
 from pipelines.device import Placement
 from pipelines.loading import locate_weights
-from pipelines.local import DiffusersRunner
 from pipelines.optimizations import graphs_compiled
+from pipelines.runner import DiffusersRunner
 from pipelines.scheduler import BatchKey, ImageJobSpec
-from server.app import build_registry
+from server.backends.factory import local_model_options
+from server.registry import build_registry
 from server.settings import load_settings
 
 CUDA = Placement("cuda", "bf16")
@@ -25,7 +26,8 @@ def _runner(model_cache: Path, **fields) -> DiffusersRunner:
     settings = load_settings(model_cache=model_cache, device="cuda", dtype="bf16", models={"tiny-flux": fields})
     spec = build_registry(settings).get("tiny-flux")
     assert spec is not None
-    return DiffusersRunner(spec, locate_weights(spec.kind, None, model_cache), settings, CUDA)
+    return DiffusersRunner(spec, locate_weights(spec.kind, None, model_cache),
+                           local_model_options(settings, "tiny-flux"), CUDA)
 
 
 async def _images(runner: DiffusersRunner, width: int = 256, height: int = 256, n: int = 2) -> list[np.ndarray]:

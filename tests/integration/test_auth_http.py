@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from server.accounts.credentials import parse_api_keys
-from server.cli.main import check_exposure
+from server.cli.serve import check_exposure
 from server.settings import load_settings
 from tests.support.constants import REPO_ROOT, TEST_KEY
 from tests.support.logs import assert_not_logged, capture_everything

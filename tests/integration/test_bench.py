@@ -11,16 +11,8 @@ from pathlib import Path
 import pytest
 from openai.types import Image
 
-from server.cli.bench import (
-    BenchOptions,
-    PriceTable,
-    RequestRecord,
-    answer_shape,
-    build_targets,
-    percentile,
-    request_arguments,
-    summarize,
-)
+from server.cli.bench import PriceTable, answer_shape, build_targets, request_arguments
+from server.cli.bench_report import BenchOptions, RequestRecord, percentile, summarize
 from server.cli.main import main
 from tests.support.emulators.common import EmulatorServer, png
 from tests.support.emulators.openai_api import OpenAIEmulator

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from server.accounts.database import Database, usage_ledger
 from server.accounts.keys import KeyStore
+from server.accounts.setup import database_url
 from server.settings import Settings
 from tests.support.held_device import BODY, MODEL, HeldDevice, bearer, hold, simulated_server, wait_until
 from tests.support.server_harness import RunningServer
@@ -28,7 +29,7 @@ QUOTA = 4  # images per minute of the limited key
 
 
 def limited_key(settings: Settings, name: str) -> str:
-    database = Database.from_settings(settings)
+    database = Database(database_url(settings))
     try:
         key, _ = KeyStore(database).create("free", name, QUOTA, None)
     finally:
@@ -43,7 +44,7 @@ def usage(server: RunningServer, key: str) -> dict[str, Any]:
 
 
 def ledger_rows(settings: Settings) -> list[Any]:
-    database = Database.from_settings(settings)
+    database = Database(database_url(settings))
     try:
         with database.read() as conn:
             return list(conn.execute(select(usage_ledger.c.model, usage_ledger.c.requested, usage_ledger.c.images,

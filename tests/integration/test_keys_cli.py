@@ -10,6 +10,7 @@ import pytest
 from server.accounts.database import DB_FILENAME, Database
 from server.accounts.keys import KeyStore
 from server.accounts.ledger import UsageLedger
+from server.accounts.setup import database_url
 from server.cli.main import main
 from server.settings import load_settings
 from tests.support.pg_harness import postgres
@@ -121,7 +122,7 @@ def test_unreachable_database_is_one_line_error(monkeypatch: pytest.MonkeyPatch,
 
 def test_usage_prints_totals_per_model_and_per_day(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     clock = FakeClock()
-    database = Database.from_settings(load_settings())
+    database = Database(database_url(load_settings()))
     try:
         ledger = UsageLedger(database, load_settings().tiers, clock=clock)
         alice = KeyStore(database, clock=clock).create("pro", "alice")[1].principal()

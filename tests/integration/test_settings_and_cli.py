@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server.app import build_registry
 from server.cli.main import main
+from server.registry import build_registry
 from server.settings import load_settings
 from tests.support.constants import REPO_ROOT
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from pipelines.scheduler import BatchKey, ImageJobSpec
 from pipelines.simulated import FLUX_DEV_H100, DeviceProfile, SimulatedBackend, SimulatedRunner, synthesize_pixels
-from server.app import build_registry
 from server.backends.factory import build_backend
+from server.registry import build_registry
 from server.settings import load_settings
 from tests.support.constants import REPO_ROOT
 from tests.support.server_harness import running_server

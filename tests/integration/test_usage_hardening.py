@@ -16,13 +16,15 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
-from server.accounts.credentials import ANONYMOUS, bearer_token, key_fingerprint, parse_api_keys
+from server.accounts.authenticator import KeyAuthenticator
+from server.accounts.credentials import ANONYMOUS, KEY_PEPPER_FILENAME, bearer_token, key_fingerprint, parse_api_keys
 from server.accounts.database import Database, api_keys, usage_ledger
-from server.accounts.keys import KEY_PEPPER_FILENAME, KeyAuthenticator, KeyStore, load_key_pepper
+from server.accounts.keys import KeyStore
 from server.accounts.ledger import UsageLedger, utc_day
+from server.accounts.outcome import Outcome
+from server.accounts.setup import database_url, key_authenticator, key_pepper
 from server.app import create_app
 from server.errors import AuthenticationError, RateLimitExceeded
-from server.service import Outcome
 from server.settings import Settings, load_settings
 from tests.support.server_harness import running_server
 from tests.support.usage_fixtures import FakeClock, free_key, request, settle_ok
@@ -58,7 +60,7 @@ class FlakyLedger(UsageLedger):
 
 
 def flaky_app(settings: Settings) -> Any:
-    return create_app(settings, usage=FlakyLedger(Database.from_settings(settings), settings.tiers))
+    return create_app(settings, usage=FlakyLedger(Database(database_url(settings)), settings.tiers))
 
 
 def test_a_failed_settle_keeps_the_real_outcome_and_logs_the_request_id(
@@ -174,14 +176,14 @@ def test_env_key_fingerprints_and_hashes_are_peppered(database: Database) -> Non
 
 def test_the_pepper_is_configured_or_generated_once_and_private(tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path)
-    pepper = load_key_pepper(settings)
+    pepper = key_pepper(settings)
     path = tmp_path / KEY_PEPPER_FILENAME
     assert len(pepper) >= 32 and path.read_bytes() == pepper
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert load_key_pepper(settings) == pepper  # kept across restarts
-    assert load_key_pepper(load_settings(data_dir=tmp_path, key_pepper="shared-by-replicas")) == b"shared-by-replicas"
+    assert key_pepper(settings) == pepper  # kept across restarts
+    assert key_pepper(load_settings(data_dir=tmp_path, key_pepper="shared-by-replicas")) == b"shared-by-replicas"
     assert not (tmp_path / "none").exists()
-    KeyAuthenticator.from_settings(load_settings(data_dir=tmp_path / "none"), KeyStore(Database("sqlite://")))
+    key_authenticator(load_settings(data_dir=tmp_path / "none"), KeyStore(Database("sqlite://")))
     assert not (tmp_path / "none" / KEY_PEPPER_FILENAME).exists()  # no env keys: no pepper needed
 
 
@@ -218,9 +220,9 @@ async def test_env_keys_can_use_configured_tiers(tmp_path: Path) -> None:
                                          "enterprise, free, pro, team"):
         parse_api_keys("k1:gold", configured)
     settings = load_settings(data_dir=tmp_path, api_keys="sk-team:team", tiers=TEAM)
-    database = Database.from_settings(settings)
+    database = Database(database_url(settings))
     try:
-        authenticator = KeyAuthenticator.from_settings(settings, KeyStore(database))
+        authenticator = key_authenticator(settings, KeyStore(database))
         authenticator.prepare()
         principal = await authenticator.authenticate("Bearer sk-team")
         assert principal.tier == "team"

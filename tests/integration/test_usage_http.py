@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,10 +14,14 @@ import pytest
 
 from server.accounts.database import Database
 from server.accounts.keys import KeyStore
-from server.cli.main import check_exposure
+from server.accounts.ledger import UsageLedger
+from server.accounts.setup import database_url
+from server.app import create_app
+from server.cli.serve import check_exposure
 from server.settings import Settings, load_settings
 from tests.support.pg_harness import postgres
 from tests.support.server_harness import RunningServer, running_server
+from tests.support.usage_fixtures import FakeClock
 
 ENV_KEY = "sk-usage-env-key"
 TINY = {"prompt": "a lighthouse", "model": "tiny-flux", "size": "256x256", "num_inference_steps": 1}
@@ -24,7 +29,7 @@ BROKEN = {"prompt": "a lighthouse", "model": "broken"}  # a model whose backend 
 
 
 def new_key(settings: Settings, tier: str = "free", name: str | None = None, **limits: int | None) -> str:
-    database = Database.from_settings(settings)
+    database = Database(database_url(settings))
     try:
         key, _ = KeyStore(database).create(tier, name, limits.get("per_minute"), limits.get("per_day"))
     finally:
@@ -203,9 +208,19 @@ def test_open_only_without_any_key_and_only_on_loopback(tmp_path: Path, model_ca
     assert "refusing" in (check_exposure(empty) or "")
 
 
+def frozen_ledger_app(clock: FakeClock) -> Any:
+    """An app factory whose quota gate reads `clock`: minutes pass only when the test says so, however long
+    the servers take to start and stop on a loaded machine."""
+    def factory(settings: Settings) -> Any:
+        return create_app(settings, usage=UsageLedger(Database(database_url(settings)), settings.tiers, clock=clock))
+    return factory
+
+
 def test_postgres_replicas_share_exact_limits_and_survive_restarts(tmp_path: Path, model_cache: Path) -> None:
     url = postgres().create_database()
-    common = {"model_cache": model_cache, "default_model": "tiny-flux", "database_url": url}
+    clock = FakeClock(time.time())  # the burst and the restart happen inside one minute of this clock
+    common = {"model_cache": model_cache, "default_model": "tiny-flux", "database_url": url,
+              "app_factory": frozen_ledger_app(clock)}
     with (running_server(data_dir=tmp_path / "a", **common) as a,
           running_server(data_dir=tmp_path / "b", **common) as b):
         # Two loads of a pipeline at once in one process trip over each other in diffusers (separate
@@ -220,3 +235,5 @@ def test_postgres_replicas_share_exact_limits_and_survive_restarts(tmp_path: Pat
     with running_server(data_dir=tmp_path / "c", **common) as c:
         assert_rate_limited(generate(c, key))
         assert usage(c, key).json()["total"] == {"images": 5, "cost_usd": 0.0, "requests": 13}
+        clock.advance(61)  # the minute is over for the shared quota, on every replica's clock alike
+        assert generate(c, key).status_code == 200

@@ -14,7 +14,6 @@ import torch
 
 from pipelines.device import Placement, choose_placement
 from pipelines.loading import load_pipeline, locate_weights
-from pipelines.local import DiffusersRunner
 from pipelines.optimizations import (
     INDUCTOR_FLAGS,
     OptimizationOptions,
@@ -28,8 +27,10 @@ from pipelines.optimizations import (
     quantize_blocks,
 )
 from pipelines.pixels import to_pixels
+from pipelines.runner import DiffusersRunner
 from pipelines.scheduler import BatchKey, ImageJobSpec
-from server.app import build_registry
+from server.backends.factory import local_model_options
+from server.registry import build_registry
 from server.settings import load_settings
 
 CPU = Placement("cpu", "fp32")
@@ -40,7 +41,8 @@ def _runner(model_cache: Path, model: str, **fields) -> DiffusersRunner:
     spec = build_registry(settings).get(model)
     assert spec is not None
     location = locate_weights(spec.kind, spec.source, settings.model_cache)
-    return DiffusersRunner(spec, location, settings, choose_placement(settings.device, settings.dtype))
+    return DiffusersRunner(spec, location, local_model_options(settings, model),
+                           choose_placement(settings.device, settings.dtype))
 
 
 async def _run(runner: DiffusersRunner, width: int, height: int, n: int) -> list[np.ndarray]:
@@ -96,7 +98,7 @@ async def test_the_recompile_limit_runs_one_call_eagerly_and_keeps_compile(model
     broken toolchain: that call answers eagerly and compile stays on for the next ones."""
     from torch._dynamo.exc import FailOnRecompileLimitHit
 
-    caplog.set_level(logging.WARNING, logger="pipelines.local")
+    caplog.set_level(logging.WARNING, logger="pipelines.runner")
     runner = _runner(model_cache, "tiny-flux", compile="regional", compile_vae=False)
     try:
         await runner.load()

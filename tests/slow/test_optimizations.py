@@ -19,7 +19,6 @@ import torch
 
 from pipelines.device import Placement, choose_placement, device_lock
 from pipelines.loading import locate_weights
-from pipelines.local import DiffusersRunner, ModelLoadError
 from pipelines.memory import is_out_of_memory
 from pipelines.optimizations import (
     ATTENTION_BACKENDS,
@@ -31,9 +30,12 @@ from pipelines.optimizations import (
     plan_optimizations,
     warm_up,
 )
+from pipelines.optimizations.plan import AttentionBackendName
+from pipelines.runner import DiffusersRunner, ModelLoadError
 from pipelines.scheduler import BatchKey, ImageJobSpec
-from server.app import build_registry
-from server.settings import AttentionBackendName, ModelSettings, load_settings
+from server.backends.factory import local_model_options
+from server.registry import build_registry
+from server.settings import ModelSettings, load_settings
 from tests.support.constants import TEST_KEY
 from tests.support.server_harness import running_server
 
@@ -191,7 +193,8 @@ def _runner(model_cache: Path, model: str = "tiny-flux", **fields) -> DiffusersR
     spec = build_registry(settings).get(model)
     assert spec is not None
     location = locate_weights(spec.kind, spec.source, settings.model_cache)
-    return DiffusersRunner(spec, location, settings, choose_placement(settings.device, settings.dtype))
+    return DiffusersRunner(spec, location, local_model_options(settings, model),
+                           choose_placement(settings.device, settings.dtype))
 
 
 async def _images(runner: DiffusersRunner, size: int = 256, n: int = 2, steps: int = 1) -> list[np.ndarray]:
@@ -212,7 +215,21 @@ async def test_cpu_options_apply_and_match_eager(model_cache: Path, model: str) 
         assert tuned.optimizations is not None
         assert set(tuned.optimizations.applied) == {"dtype", "fuse_qkv", "channels_last_vae", "attention_backend"}
         assert tuned.optimizations.switched_off == {}
-        for plain, fast in zip(await _images(eager), await _images(tuned), strict=True):
+        # The effects, not the flags: VAE convolutions really are NHWC, and the fused projections really run.
+        kernels = [p for p in tuned._pipe.vae.parameters() if p.dim() == 4 and p.shape[-1] > 1 and p.shape[1] > 1]
+        assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                               for p in kernels)
+        fused = [module.to_qkv for module in tuned._pipe.transformer.modules()
+                 if getattr(module, "fused_projections", False)]
+        calls = []
+        hooks = [linear.register_forward_hook(lambda *_: calls.append(1)) for linear in fused]
+        try:
+            tuned_images = await _images(tuned)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        assert fused and len(calls) >= len(fused)  # every fused projection ran (once per step at least)
+        for plain, fast in zip(await _images(eager), tuned_images, strict=True):
             assert np.abs(plain - fast).max() <= 2  # same pixels, up to float rounding
     finally:
         eager.close()
@@ -236,8 +253,14 @@ async def test_vae_tiling_decodes_in_tiles(model_cache: Path) -> None:
     runner = _runner(model_cache, "tiny-flux", vae_tiling=True)
     try:
         await runner.load()
-        assert runner._pipe.vae.use_tiling
+        decodes = []
+        hook = runner._pipe.vae.decoder.register_forward_hook(lambda *_: decodes.append(1))
         await _images(runner, size=512, n=1)  # the tiny VAE's tile is 32 px: this decodes in tiles
+        tiles = len(decodes)
+        runner._pipe.vae.disable_tiling()
+        await _images(runner, size=512, n=1)
+        hook.remove()
+        assert tiles > 1 and len(decodes) == tiles + 1  # tiled: many decoder calls; untiled: one
     finally:
         runner.close()
 
@@ -368,7 +391,7 @@ async def test_a_load_that_fails_in_warm_up_lets_go_of_the_pipeline(model_cache:
     import gc
     import weakref
 
-    import pipelines.local as local
+    import pipelines.runner as local
 
     built: list[weakref.ref] = []
     real_load = local.load_pipeline
@@ -409,7 +432,7 @@ def test_a_pinned_kernel_is_preferred_not_exclusive() -> None:
 async def test_an_error_of_the_call_itself_keeps_compile_on(model_cache: Path, caplog) -> None:
     """Dynamo wraps errors raised by the code it traces, so a compiled call that fails is retried eagerly; if
     that fails the same way the error is the call's, it reaches the caller, and compile stays on."""
-    caplog.set_level(logging.WARNING, logger="pipelines.local")
+    caplog.set_level(logging.WARNING, logger="pipelines.runner")
     runner = _runner(model_cache, "tiny-flux", compile="regional")
     try:
         await runner.load()

@@ -13,7 +13,7 @@ from server.accounts.credentials import Principal
 from server.accounts.database import Database
 from server.accounts.keys import KeyStore
 from server.accounts.ledger import UsageLedger
-from server.service import Outcome
+from server.accounts.outcome import Outcome
 from server.settings import load_settings
 from tests.support.pg_harness import postgres
 

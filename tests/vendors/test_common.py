@@ -11,8 +11,8 @@ from pipelines.errors import ModelUnavailable
 from server.api.errors import body_of, headers_of, status_of
 from server.backends.factory import build_backend
 from server.backends.vendors import VENDOR_BACKENDS
-from server.backends.vendors.backend import POOL
-from server.backends.vendors.base import Vendor, inspect_image, parse_retry_after
+from server.backends.vendors.adapter import POOL
+from server.backends.vendors.connection import Vendor, inspect_image, parse_retry_after
 from server.backends.vendors.sizes import (
     DALL_E_3_SIZES,
     GPT_IMAGE_SIZES,

@@ -16,10 +16,9 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipelines.types import GeneratedImage, GenerationRequest
-from server.api.protocol import MAX_SEED
-from server.backends.vendors.backend import VendorBackend, run_all
-from server.backends.vendors.base import Vendor
+from pipelines.types import SEED_MODULUS, GeneratedImage, GenerationRequest
+from server.backends.vendors.adapter import VendorBackend, run_all
+from server.backends.vendors.connection import Vendor
 from server.backends.vendors.sizes import BFL_MAX, BFL_MIN, BFL_MULTIPLE, fit_to_grid
 from server.errors import ContentPolicyViolation, UpstreamError
 from server.settings import BFLProviderSettings
@@ -56,9 +55,9 @@ class BFLBackend(VendorBackend):
             request.width, request.height, lo=BFL_MIN, hi=BFL_MAX, multiple=BFL_MULTIPLE
         )
         # No BFL-specific seed bound is assumed: the seeds of the n tasks count up from the one given and
-        # wrap within the range our API accepts (`server.api.protocol.MAX_SEED`).
+        # wrap within the range our API accepts (`pipelines.types.SEED_MAX`).
         seeds = [
-            None if request.seed is None else (request.seed + i) % (MAX_SEED + 1) for i in range(request.n)
+            None if request.seed is None else (request.seed + i) % SEED_MODULUS for i in range(request.n)
         ]
         images = await run_all([self._task(vendor, request, width, height, seed) for seed in seeds])
         return images, {}

@@ -23,8 +23,8 @@ from typing import Any
 
 from pipelines.errors import ImageServeError
 from pipelines.types import GeneratedImage, GenerationRequest
-from server.backends.vendors.backend import VendorBackend, run_all
-from server.backends.vendors.base import UpstreamReply, Vendor, decode_b64
+from server.backends.vendors.adapter import VendorBackend, run_all
+from server.backends.vendors.connection import UpstreamReply, Vendor, decode_b64
 from server.backends.vendors.sizes import GEMINI_IMAGE_RATIOS, IMAGEN_RATIOS, nearest_aspect_ratio
 from server.errors import ContentPolicyViolation, UpstreamError
 from server.settings import GoogleProviderSettings

@@ -14,8 +14,8 @@ from typing import Any
 
 from pipelines.errors import ImageServeError
 from pipelines.types import GeneratedImage, GenerationRequest
-from server.backends.vendors.backend import VendorBackend
-from server.backends.vendors.base import UpstreamReply, Vendor
+from server.backends.vendors.adapter import VendorBackend
+from server.backends.vendors.connection import UpstreamReply, Vendor
 from server.backends.vendors.sizes import IDEOGRAM_RESOLUTIONS, ideogram_resolution, nearest_size
 from server.errors import ContentPolicyViolation
 from server.settings import IdeogramProviderSettings

@@ -7,7 +7,7 @@ different parameters, translated here rather than failed:
 - sizes 1024x1024, 1536x1024, 1024x1536 (nearest shape is used);
 - quality low/medium/high/auto: our `standard` -> `medium`, `hd` -> `high`.
 
-The SDK's own retries are off (`max_retries=0`): the shared loop in `server.backends.vendors.base` retries, so all
+The SDK's own retries are off (`max_retries=0`): the shared loop in `server.backends.vendors.connection` retries, so all
 vendors behave the same. The SDK talks through its own `httpx2` client, one per provider like the others.
 """
 
@@ -21,8 +21,8 @@ import openai
 
 from pipelines.errors import ImageServeError
 from pipelines.types import GeneratedImage, GenerationRequest
-from server.backends.vendors.backend import VendorBackend
-from server.backends.vendors.base import RetryableError, UpstreamReply, Vendor, decode_b64
+from server.backends.vendors.adapter import VendorBackend
+from server.backends.vendors.connection import RetryableError, UpstreamReply, Vendor, decode_b64
 from server.backends.vendors.sizes import DALL_E_2_SIZES, DALL_E_3_SIZES, GPT_IMAGE_SIZES, nearest_size
 from server.errors import ContentPolicyViolation, UpstreamError
 from server.settings import OpenAIProviderSettings

@@ -14,7 +14,8 @@ from pipelines.errors import ModelUnavailable
 from pipelines.local import LocalDiffusersBackend
 from pipelines.scheduler import BatchKey, ImageJobSpec
 from pipelines.types import GenerationRequest
-from server.app import build_registry
+from server.backends.factory import local_model_options
+from server.registry import build_registry
 from server.settings import load_settings
 from tests.support.server_harness import running_server
 
@@ -25,6 +26,7 @@ class SlowLoadingRunner:
         self.fail = fail
         self.loaded = False
         self.closed = False
+        self.optimizations = None
         self.load_started = asyncio.Event()
 
     async def load(self) -> None:
@@ -56,7 +58,8 @@ class CountingBackend(LocalDiffusersBackend):
 
 def _backend(fail: bool = False, **settings: Any) -> CountingBackend:
     loaded = load_settings(**settings)
-    return CountingBackend(build_registry(loaded).get("tiny-flux"), loaded, fail=fail)
+    return CountingBackend(build_registry(loaded).get("tiny-flux"), local_model_options(loaded, "tiny-flux"),
+                           fail=fail)
 
 
 def _request(n: int = 1) -> GenerationRequest:

@@ -11,9 +11,9 @@ import pytest
 from server.accounts.database import Database
 from server.accounts.keys import KeyStore
 from server.accounts.ledger import UsageLedger
+from server.accounts.outcome import Outcome
 from server.api.errors import headers_of
 from server.errors import RateLimitExceeded
-from server.service import Outcome
 from server.settings import load_settings
 from tests.support.usage_fixtures import T0, FakeClock, free_key, request, settle_ok
 

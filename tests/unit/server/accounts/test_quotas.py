@@ -1,4 +1,4 @@
-"""Sliding-window arithmetic, the auth-failure limiter and the tier settings: pure, no database."""
+"""Sliding-window arithmetic and the tier settings: pure, no database."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from server.accounts.quotas import DAY, MINUTE, FailureLimiter, Limits, Window, refusal, seconds_until_fits
+from server.accounts.quotas import DAY, MINUTE, Limits, Window, refusal, seconds_until_fits
 from server.api.errors import body_of, headers_of, status_of
-from server.errors import RateLimitExceeded
 from server.settings import load_settings
 
 
@@ -61,39 +60,6 @@ def test_refusal_headers_minute_vs_day() -> None:
     assert headers_of(day)["x-should-retry"] == "false" and day.retry_after == 3600
     never = refusal(Window("minute", MINUTE, 5), 0, 6, None, "free")
     assert headers_of(never)["x-should-retry"] == "false" and "at most 5" in never.message
-
-
-def test_failure_limiter_blocks_after_limit_then_recovers() -> None:
-    clock = FakeClock(0.0)
-    limiter = FailureLimiter(3, window=60, clock=clock)
-    for second in range(3):
-        clock.now = float(second)
-        limiter.check("10.0.0.1")
-        limiter.record("10.0.0.1")
-    clock.now = 10.0
-    with pytest.raises(RateLimitExceeded) as refused:
-        limiter.check("10.0.0.1")
-    assert refused.value.retry_after == 50  # the first failure (t=0) leaves at t=60
-    limiter.check("10.0.0.2")  # other clients are not affected
-    limiter.check(None)
-    clock.now = 60.0
-    limiter.check("10.0.0.1")  # one failure expired: allowed again
-    limiter.record("10.0.0.1")
-    with pytest.raises(RateLimitExceeded):
-        limiter.check("10.0.0.1")
-
-
-def test_failure_limiter_disabled_and_bounded() -> None:
-    off = FailureLimiter(0)
-    for _ in range(100):
-        off.record("x")
-        off.check("x")
-    clock = FakeClock(0.0)
-    bounded = FailureLimiter(5, clock=clock, max_clients=10)
-    for i in range(50):
-        clock.now = float(i)
-        bounded.record(f"10.0.0.{i}")
-    assert len(bounded._failures) <= 10
 
 
 def test_tier_defaults_and_partial_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

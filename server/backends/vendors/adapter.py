@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pipelines.errors import ImageServeError
-from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult, Readiness
-from server.backends.vendors.base import PROVIDER_NAMES, Vendor, VendorPool
-from server.backends.vendors.base import inspect_image as inspect_image
+from pipelines.types import BackendStats, GeneratedImage, GenerationRequest, GenerationResult, Readiness
+from server.backends.vendors.connection import PROVIDER_NAMES, Vendor, VendorPool
+from server.backends.vendors.connection import inspect_image as inspect_image
 from server.errors import UpstreamError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Sequence
 
     from server.registry import ModelSpec
-    from server.settings import ProviderSettings, Settings
+    from server.settings import ProviderSettings
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +33,9 @@ class VendorBackend:
     provider: ClassVar[str]
     config: ProviderSettings  # subclasses narrow it to their provider's settings class
 
-    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+    def __init__(self, spec: ModelSpec, config: ProviderSettings) -> None:
         self.spec = spec
-        self.config = settings.providers.get(self.provider)
+        self.config = config  # this provider's settings only
         self.provider_name = PROVIDER_NAMES[self.provider]
         self._vendor: Vendor | None = None
 
@@ -48,8 +48,20 @@ class VendorBackend:
         if vendor is not None:
             await POOL.release(vendor)
 
+    async def preload(self) -> None:
+        """Nothing to load: the vendor runs the model."""
+        return
+
     def readiness(self) -> Readiness:
         return Readiness(True, f"forwarded to {self.provider_name} as '{self.upstream_model()}'")
+
+    def describe(self) -> dict[str, Any]:
+        """No device or dtype here: the model card's provider fields say where it runs."""
+        return {}
+
+    def stats(self) -> BackendStats:
+        """Nothing queues here; waiting for a vendor slot is bounded and answered 503 (`QueueFull`)."""
+        return BackendStats()
 
     def upstream_model(self) -> str:
         raise NotImplementedError

@@ -1,4 +1,4 @@
-"""Admin commands on the keys database: `imageserve keys create|list|revoke` and `imageserve usage`.
+"""`imageserve keys create|list|revoke`: API keys in the database.
 
 They work on the same database as the server (`IMAGESERVE_DATABASE_URL`, else SQLite in the data dir),
 so they can run while it serves: a new key works at once, a revoked one is refused at once.
@@ -10,25 +10,16 @@ import argparse
 import datetime as dt
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-
-from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.errors import ImageServeError
 from server.accounts.database import Database
 from server.accounts.keys import KeyStore
 from server.accounts.ledger import UsageLedger
-from server.api.usage import parse_range
-from server.errors import InvalidRequest
+from server.cli.common import add_config_option, print_table, with_database
 from server.settings import Settings
 
-
-def _settings(args: argparse.Namespace) -> Settings:
-    from server.cli.main import _settings as load
-
-    return load(args)
+MAX_LIMIT = 10**9  # far above any real quota, and well inside the database's integer column
 
 
 def _when(ts: float | None) -> str:
@@ -39,31 +30,7 @@ def _limit(value: int | None) -> str:
     return "unlimited" if value is None else str(value)
 
 
-def print_table(rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[str(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    for row in cells:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
-def _with_database(handler: Any) -> Any:
-    """Open the database for one command; report its errors in one line, without a traceback."""
-
-    def run(args: argparse.Namespace) -> int:
-        settings = _settings(args)
-        database = Database.from_settings(settings)
-        try:
-            return handler(args, settings, database)
-        except SQLAlchemyError as exc:
-            print(f"error: {database.describe_error(exc)}", file=sys.stderr)
-            return 1
-        finally:
-            database.dispose()
-
-    return run
-
-
-@_with_database
+@with_database
 def cmd_keys_create(args: argparse.Namespace, settings: Settings, database: Database) -> int:
     tier = args.tier.lower()
     if tier not in settings.tiers:
@@ -78,7 +45,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings, database: Data
     return 0
 
 
-@_with_database
+@with_database
 def cmd_keys_list(args: argparse.Namespace, settings: Settings, database: Database) -> int:
     ledger = UsageLedger(database, settings.tiers)
     today = ledger.today()
@@ -109,45 +76,11 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings, database: Databa
     return 0
 
 
-@_with_database
+@with_database
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings, database: Database) -> int:
     record = KeyStore(database).revoke(args.name)
     print(f"revoked key '{record.name}'")
     return 0
-
-
-@_with_database
-def cmd_usage(args: argparse.Namespace, settings: Settings, database: Database) -> int:
-    ledger = UsageLedger(database, settings.tiers)
-    params = {name: value for name in ("start", "end") if (value := getattr(args, name)) is not None}
-    try:
-        start, end = parse_range(params, ledger.today())
-    except InvalidRequest as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    print(f"usage from {start.isoformat()} to {end.isoformat()} (UTC days, inclusive)")
-    groupings = ("model", "day") if args.by == "both" else (args.by,)
-    for index, by in enumerate(groupings):
-        if index:
-            print()
-        print_table(_usage_rows(ledger.report_all(start, end, by=by), by))
-    return 0
-
-
-def _usage_rows(report: list[dict[str, Any]], by: str) -> list[list[Any]]:
-    """One table: a row per (key, model) or (key, day), then the total."""
-    rows: list[list[Any]] = [["KEY", "TIER", by.upper(), "REQUESTS", "IMAGES", "COST USD"]]
-    total_images, total_cost, total_requests = 0, 0.0, 0
-    for row in report:
-        rows.append([row["name"], row["tier"], row[by], row["requests"], row["images"], f"{row['cost_usd']:.4f}"])
-        total_images += row["images"]
-        total_cost += row["cost_usd"]
-        total_requests += row["requests"]
-    rows.append(["TOTAL", "", "", total_requests, total_images, f"{total_cost:.4f}"])
-    return rows
-
-
-MAX_LIMIT = 10**9  # far above any real quota, and well inside the database's integer column
 
 
 def _limit_option(raw: str) -> int:
@@ -161,8 +94,8 @@ def _limit_option(raw: str) -> int:
     return value
 
 
-def add_admin_commands(commands: Any) -> None:
-    """Register `keys` and `usage` on the `imageserve` parser's subcommands."""
+def add_keys_command(commands: Any) -> None:
+    """Register `keys` (create, list, revoke) on the `imageserve` parser's subcommands."""
     keys = commands.add_parser("keys", help="create, list and revoke API keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
 
@@ -182,12 +115,4 @@ def add_admin_commands(commands: Any) -> None:
     revoke.add_argument("name")
     revoke.set_defaults(handler=cmd_keys_revoke)
 
-    usage = commands.add_parser("usage", help="images and cost per key, per model and per day, over a date range")
-    usage.add_argument("--start", default=None, help="first UTC day, YYYY-MM-DD (default: 29 days before end)")
-    usage.add_argument("--end", default=None, help="last UTC day, YYYY-MM-DD (default: today)")
-    usage.add_argument("--by", choices=("model", "day", "both"), default="both",
-                       help="totals per key and model, per key and day, or both tables (default)")
-    usage.set_defaults(handler=cmd_usage)
-
-    for parser in (keys, create, listing, revoke, usage):
-        parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file")
+    add_config_option(keys, create, listing, revoke)

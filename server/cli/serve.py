@@ -1,0 +1,89 @@
+"""`imageserve serve`: check the database and the exposure, then run the HTTP server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from server.accounts.database import Database
+from server.accounts.keys import KeyStore
+from server.accounts.setup import database_url, env_api_keys
+from server.cli.common import add_config_option, settings_from_args
+from server.settings import Settings
+
+logger = logging.getLogger("imageserve")
+
+
+def check_database(settings: Settings) -> str | None:
+    """Open the database (creating and migrating it) before serving. Returns an error.
+
+    Otherwise an unreachable database only shows at the app's startup, as a traceback.
+    """
+    database = Database(database_url(settings))
+    try:
+        database.engine()
+    except SQLAlchemyError as exc:
+        return f"cannot open the {database.describe_error(exc)}"
+    finally:
+        database.dispose()
+    return None
+
+
+def check_exposure(settings: Settings) -> str | None:
+    """Refuse an open server on a non-loopback address; warn loudly on loopback. Returns an error."""
+    if env_api_keys(settings):
+        return None
+    database = Database(database_url(settings))
+    try:
+        if KeyStore(database).has_active_keys():
+            return None
+    except SQLAlchemyError as exc:
+        return f"cannot open the {database.describe_error(exc)}"
+    finally:
+        database.dispose()
+    if not settings.listens_on_loopback_only():
+        return (f"refusing to listen on {settings.host} without API keys: anyone who can reach it could use "
+                "it. Create one with `imageserve keys create --tier pro`, set IMAGESERVE_API_KEYS "
+                "(e.g. 'secret1:pro,secret2:free') or listen on 127.0.0.1.")
+    banner = "!" * 78
+    logger.warning("%s\nNO API KEYS CONFIGURED: accepting unauthenticated requests on loopback %s only.\n"
+                   "Set IMAGESERVE_API_KEYS before exposing this server.\n%s", banner, settings.host, banner)
+    return None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pipelines.device import choose_placement
+    from server.app import create_app
+
+    settings = settings_from_args(args)
+    problem = check_database(settings) or check_exposure(settings)
+    if problem:
+        logger.error(problem)
+        return 2
+    placement = choose_placement(settings.device, settings.dtype)
+    logger.info("imageserve on %s: local models run on %s (%s)", settings.base_url, placement,
+                placement.reason or "CUDA available")
+    if placement.warning:
+        banner = "!" * 78
+        logger.warning("%s\nGPU PRESENT BUT TORCH SEES NO CUDA DEVICE: %s\nFull-size local models (SD3, FLUX) "
+                       "will not load; the tiny ones run on the CPU.\n%s", banner, placement.warning, banner)
+    elif placement.cpu_fallback:
+        logger.info("no CUDA device: full-size local models (SD3, FLUX) will not load on the CPU unless "
+                    "IMAGESERVE_DEVICE=cpu; the tiny models run")
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def add_serve_command(commands: Any) -> None:
+    """Register `serve` on the `imageserve` parser's subcommands."""
+    serve = commands.add_parser("serve", help="start the HTTP server")
+    serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    add_config_option(serve)
+    serve.set_defaults(handler=cmd_serve)
