@@ -10,7 +10,6 @@ survive a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -23,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from server.errors import LinkExpired, LinkForbidden, NotFound
+from server.lifecycle import BackgroundTask
 from server.secret_files import load_or_create_secret
 
 logger = logging.getLogger(__name__)
@@ -56,20 +56,15 @@ class ImageStore:
         self._ttl = ttl_seconds
         self.clock = clock
         self._sweep_every = sweep_every
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = BackgroundTask("image-store-sweep", self._sweep_forever)
         directory.mkdir(parents=True, exist_ok=True)
 
     async def start(self) -> None:
         """Sweep expired images now and then every `sweep_every` seconds, until `stop()`."""
-        if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep_forever(), name="image-store-sweep")
+        await self._sweeper.start()
 
     async def stop(self) -> None:
-        sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+        await self._sweeper.stop()
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -10,24 +10,17 @@ import pytest
 import torch
 
 from pipelines.device import Placement
-from pipelines.loading import locate_weights
 from pipelines.optimizations import graphs_compiled
 from pipelines.runner import DiffusersRunner
 from pipelines.scheduler import BatchKey, ImageJobSpec
-from server.backends.factory import local_model_options
-from server.registry import build_registry
-from server.settings import load_settings
+from tests.support.runners import tiny_runner
 
 CUDA = Placement("cuda", "bf16")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _runner(model_cache: Path, **fields) -> DiffusersRunner:
-    settings = load_settings(model_cache=model_cache, device="cuda", dtype="bf16", models={"tiny-flux": fields})
-    spec = build_registry(settings).get("tiny-flux")
-    assert spec is not None
-    return DiffusersRunner(spec, locate_weights(spec.kind, None, model_cache),
-                           local_model_options(settings, "tiny-flux"), CUDA)
+    return tiny_runner(model_cache, "tiny-flux", device="cuda", dtype="bf16", **fields)
 
 
 async def _images(runner: DiffusersRunner, width: int = 256, height: int = 256, n: int = 2) -> list[np.ndarray]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.device import Placement, choose_placement
+from pipelines.device import Placement
 from pipelines.loading import load_pipeline, locate_weights
 from pipelines.optimizations import (
     INDUCTOR_FLAGS,
@@ -29,20 +29,12 @@ from pipelines.optimizations import (
 from pipelines.pixels import to_pixels
 from pipelines.runner import DiffusersRunner
 from pipelines.scheduler import BatchKey, ImageJobSpec
-from server.backends.factory import local_model_options
-from server.registry import build_registry
-from server.settings import load_settings
+from tests.support.runners import tiny_runner
 
 CPU = Placement("cpu", "fp32")
 
 
-def _runner(model_cache: Path, model: str, **fields) -> DiffusersRunner:
-    settings = load_settings(model_cache=model_cache, device="cpu", models={model: fields})
-    spec = build_registry(settings).get(model)
-    assert spec is not None
-    location = locate_weights(spec.kind, spec.source, settings.model_cache)
-    return DiffusersRunner(spec, location, local_model_options(settings, model),
-                           choose_placement(settings.device, settings.dtype))
+_runner = tiny_runner
 
 
 async def _run(runner: DiffusersRunner, width: int, height: int, n: int) -> list[np.ndarray]:

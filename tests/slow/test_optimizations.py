@@ -17,8 +17,7 @@ import pydantic
 import pytest
 import torch
 
-from pipelines.device import Placement, choose_placement, device_lock
-from pipelines.loading import locate_weights
+from pipelines.device import Placement, device_lock
 from pipelines.memory import is_out_of_memory
 from pipelines.optimizations import (
     ATTENTION_BACKENDS,
@@ -33,10 +32,9 @@ from pipelines.optimizations import (
 from pipelines.optimizations.plan import AttentionBackendName
 from pipelines.runner import DiffusersRunner, ModelLoadError
 from pipelines.scheduler import BatchKey, ImageJobSpec
-from server.backends.factory import local_model_options
-from server.registry import build_registry
 from server.settings import ModelSettings, load_settings
 from tests.support.constants import TEST_KEY
+from tests.support.runners import tiny_runner
 from tests.support.server_harness import running_server
 
 CPU = Placement("cpu", "fp32", reason="no CUDA device; CPU runs fp32")
@@ -188,13 +186,7 @@ def test_warm_up_runs_each_size_at_one_and_the_largest_batch_and_skips_what_does
 # -- on the tiny models (CPU) ------------------------------------------------------------------------
 
 
-def _runner(model_cache: Path, model: str = "tiny-flux", **fields) -> DiffusersRunner:
-    settings = load_settings(model_cache=model_cache, device="cpu", models={model: fields})
-    spec = build_registry(settings).get(model)
-    assert spec is not None
-    location = locate_weights(spec.kind, spec.source, settings.model_cache)
-    return DiffusersRunner(spec, location, local_model_options(settings, model),
-                           choose_placement(settings.device, settings.dtype))
+_runner = tiny_runner
 
 
 async def _images(runner: DiffusersRunner, size: int = 256, n: int = 2, steps: int = 1) -> list[np.ndarray]:
