@@ -1,18 +1,13 @@
-"""A local diffusers model behind the batching scheduler, as one `ImageBackend`.
+"""The diffusers device: where a local SD3 or FLUX model (or a tiny twin) runs, and what it says about it.
 
-The backend loads its model once (shared by every waiting request, never cancelled by one), queues each
-request's images in the model's `BatchScheduler` (seeds `seed, seed + 1, ...`), and hands batches to its
-`DeviceRunner` (`pipelines.runner`): one worker thread owns the device, the event loop only queues and
-awaits. Images come back as uint8 pixel arrays; PIL images, encoding and storage happen in the service.
-A simulated device (`pipelines.simulated`) is this backend with another runner.
+`DiffusersDevice` is the `ModelDevice` of `pipelines.backend.LocalBackend` for real pipelines: it finds the
+weights (never downloading), chooses the placement (device and dtype), refuses a full-size model on a CPU
+nobody asked for, describes the optimizations (planned before the load, applied after), and creates the
+`DiffusersRunner` that loads the pipeline on its worker thread.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import secrets
-import time
 from typing import Any
 
 from pipelines.device import Placement, choose_placement, cpu_refusal
@@ -20,47 +15,18 @@ from pipelines.errors import ModelUnavailable
 from pipelines.loading import WeightsLocation, locate_weights
 from pipelines.optimizations import plan_optimizations
 from pipelines.options import LocalModelOptions
-from pipelines.runner import DeviceRunner, DiffusersRunner, ModelLoadError
-from pipelines.scheduler import BatchKey, BatchScheduler, ImageJobSpec
+from pipelines.runner import DeviceRunner, DiffusersRunner
 from pipelines.tiny import TINY_KINDS
-from pipelines.types import (
-    SEED_MODULUS,
-    BackendStats,
-    BatchObserver,
-    GeneratedImage,
-    GenerationRequest,
-    GenerationResult,
-    LocalModelSpec,
-    Readiness,
-)
-
-logger = logging.getLogger(__name__)
-
-LOAD_RETRY_SECONDS = 10.0  # a model that failed to load is not retried by every request in a tight loop
+from pipelines.types import LocalModelSpec, Readiness
 
 
-def _retrieve_exception(task: asyncio.Future[Any]) -> None:
-    """Mark a load failure as seen even if every request that waited for it has gone."""
-    if not task.cancelled():
-        task.exception()
-
-
-class LocalDiffusersBackend:
-    """Validated requests in, PIL images out, through the scheduler and the worker thread."""
-
-    def __init__(self, spec: LocalModelSpec, options: LocalModelOptions, *,
-                 observer: BatchObserver | None = None) -> None:
+class DiffusersDevice:
+    def __init__(self, spec: LocalModelSpec, options: LocalModelOptions) -> None:
         self.spec = spec
         self._options = options
-        self._runner: DeviceRunner | None = None
-        self._scheduler: BatchScheduler | None = None
-        self._observer = observer  # told (images, device seconds) of every batch, e.g. metrics
-        self._loading: asyncio.Future[BatchScheduler] | None = None
-        self._retry_load_after = 0.0  # after a failed load, requests get its error until then
-        self._load_error: str | None = None
+        self._configured_options = options.optimizations
         self._placement: Placement | None = None
         self._optimizations_preview: dict[str, Any] | None = None
-        self._configured_options = options.optimizations
 
     def _location(self) -> WeightsLocation:
         return locate_weights(self.spec.kind, self.spec.source, self._options.model_cache)
@@ -71,7 +37,7 @@ class LocalDiffusersBackend:
             self._placement = choose_placement(self._options.device, self._options.dtype)
         return self._placement
 
-    def readiness(self) -> Readiness:
+    def readiness(self, runner: DeviceRunner | None, load_error: str | None) -> Readiness:
         location = self._location()
         if not location.found:
             return Readiness(False, f"{location.detail}; run `imageserve pull {self.spec.id}`")
@@ -81,63 +47,12 @@ class LocalDiffusersBackend:
             return Readiness(False, f"cannot run here: {exc}")
         if refusal:
             return Readiness(False, refusal)
-        if self._load_error:
-            return Readiness(False, f"failed to load: {self._load_error}")
-        state = "loaded" if self._runner and self._runner.loaded else "loads on first request"
+        if load_error:
+            return Readiness(False, f"failed to load: {load_error}")
+        state = "loaded" if runner is not None and runner.loaded else "loads on first request"
         return Readiness(True, f"{location.detail}; {state}")
 
-    async def start(self) -> None:
-        """Weights load on first use, or at start via `preload`. What `describe` needs from torch (which
-        initialises CUDA on a GPU box) is worked out here, off the event loop, and cached."""
-        await asyncio.to_thread(self.describe)
-
-    async def preload(self) -> None:
-        await self._ensure_loaded()
-
-    async def _ensure_loaded(self) -> BatchScheduler:
-        """Load once, shared by every waiting request.
-
-        The load runs as its own task, shielded: a client that disconnects while the weights load cancels
-        only its own wait, never the load (cancelling it would leave the worker thread loading a pipeline
-        nobody keeps, and the next request would load a second copy).
-        """
-        if self._scheduler is not None:
-            return self._scheduler
-        loading = self._loading
-        if loading is None or (loading.done() and time.monotonic() >= self._retry_load_after):
-            loading = self._loading = asyncio.ensure_future(self._load())
-            loading.add_done_callback(_retrieve_exception)
-        return await asyncio.shield(loading)
-
-    async def _load(self) -> BatchScheduler:
-        try:
-            runner = self._create_runner()
-        except ValueError as exc:  # a setting this machine cannot honour, e.g. device = cuda without CUDA
-            raise ModelUnavailable(f"Model '{self.spec.id}' cannot run here: {exc}") from None
-        try:
-            await runner.load()
-        except Exception as exc:
-            runner.close()
-            self._load_error = str(exc) if isinstance(exc, ModelLoadError) else type(exc).__name__
-            self._retry_load_after = time.monotonic() + LOAD_RETRY_SECONDS
-            logger.error("could not load model %s: %s", self.spec.id, exc)
-            # No `from exc`: a kept traceback would keep the failed load's memory alive until the retry.
-            raise ModelUnavailable(f"Model '{self.spec.id}' failed to load; see the server log.") from None
-        self._load_error = None
-        self._runner = runner
-        self._scheduler = BatchScheduler(
-            runner,
-            max_batch_images=self._options.max_batch_images,
-            max_wait_s=self._options.batch_wait_s,
-            max_queue_images=self._options.max_queue_images,
-            name=self.spec.id,
-            on_batch=self._observer,
-        )
-        self._scheduler.start()
-        return self._scheduler
-
-    def _create_runner(self) -> DeviceRunner:
-        """The device owner; `pipelines.simulated` overrides this, and everything else is shared."""
+    def create_runner(self) -> DeviceRunner:
         location = self._location()
         if not location.found:
             raise ModelUnavailable(
@@ -151,42 +66,7 @@ class LocalDiffusersBackend:
             raise ModelUnavailable(refusal)
         return DiffusersRunner(self.spec, location, self._options, placement)
 
-    def stats(self) -> BackendStats:
-        """Queued images (not counting the batch running now) and those dropped because their client left."""
-        if self._scheduler is None:
-            return BackendStats()
-        return BackendStats(queued_images=self._scheduler.queued_images,
-                            dropped_jobs=self._scheduler.stats.dropped_jobs)
-
-    def batch_key(self, request: GenerationRequest) -> BatchKey:
-        steps = request.num_inference_steps or self.spec.default_steps or 28
-        guidance = request.guidance_scale if request.guidance_scale is not None else self.spec.default_guidance
-        return BatchKey(self.spec.id, request.width, request.height, steps, float(guidance or 0.0),
-                        self.spec.max_sequence_length)
-
-    @staticmethod
-    def seeds_for(request: GenerationRequest) -> list[int]:
-        """`n` images get `seed, seed+1, ...`; no seed means a random one, which is returned."""
-        first = request.seed if request.seed is not None else secrets.randbelow(SEED_MODULUS)
-        return [(first + offset) % SEED_MODULUS for offset in range(request.n)]
-
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        scheduler = await self._ensure_loaded()
-        seeds = self.seeds_for(request)
-        specs = [ImageJobSpec(request.prompt, seed, request.negative_prompt) for seed in seeds]
-        results = await scheduler.generate(self.batch_key(request), specs, request.request_id)
-        batches = {result.batch_id: result.device_ms for result in results}
-        return GenerationResult(
-            images=[GeneratedImage(pixels=result.output, seed=seed)
-                    for result, seed in zip(results, seeds, strict=True)],
-            width=request.width,
-            height=request.height,
-            quality=request.quality,
-            batch_size=max(result.batch_size for result in results),
-            device_ms=round(sum(batches.values()), 1),
-        )
-
-    def describe(self) -> dict[str, Any]:
+    def describe(self, runner: DeviceRunner | None) -> dict[str, Any]:
         """Device, dtype and optimizations, for `/v1/models` and `imageserve models`. Never raises.
 
         `optimizations` has one shape: what is configured, what applied, what was switched off and why,
@@ -197,7 +77,7 @@ class LocalDiffusersBackend:
         except ValueError as exc:
             return {"device": "unavailable", "dtype": None, "device_error": str(exc),
                     "max_batch_images": self._options.max_batch_images}
-        applied = self._runner.optimizations if self._runner is not None else None
+        applied = runner.optimizations if runner is not None else None
         if applied is not None:
             optimizations = {"configured": self._configured_options.summary(), "state": "loaded",
                              **applied.as_dict()}
@@ -211,10 +91,3 @@ class LocalDiffusersBackend:
             optimizations = self._optimizations_preview
         return {"device": placement.device, "dtype": placement.dtype, "device_warning": placement.warning or None,
                 "max_batch_images": self._options.max_batch_images, "optimizations": optimizations}
-
-    async def close(self) -> None:
-        if self._scheduler is not None:
-            await self._scheduler.close()
-        if self._runner is not None:
-            self._runner.close()
-

@@ -2,7 +2,7 @@
 
 One worker thread per runner loads the pipeline and runs every batch, so nothing else touches it. Batches
 come back as uint8 pixel arrays (`pipelines.pixels`), timed from when the model had the device
-(`TimedOutputs`). `DeviceRunner` is what `pipelines.local.LocalDiffusersBackend` needs of any runner; the
+(`TimedOutputs`). `DeviceRunner` is what `pipelines.backend.LocalBackend` needs of any runner; the
 simulated device (`pipelines.simulated.SimulatedRunner`) is the other one.
 """
 

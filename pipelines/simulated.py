@@ -1,10 +1,10 @@
 """A simulated device: the local-model backend with a runner that waits instead of computing.
 
-`kind = "simulated"` models go through exactly the same `LocalDiffusersBackend` (scheduler, `BatchKey`
-grouping, per-image seeds, `batch_size`/`device_ms`), only `_create_runner` differs. The runner's worker
-thread makes real pixels of the requested size (a per-seed gradient with 4 bits of noise, so a
-1024x1024 PNG is ~1.9 MB and costs what a real one costs to encode) and then sleeps out the rest of
-the batch's device time, which releases the GIL as a GPU kernel wait would:
+`kind = "simulated"` models go through exactly the same `pipelines.backend.LocalBackend` (scheduler,
+`BatchKey` grouping, per-image seeds, `batch_size`/`device_ms`); only the device differs
+(`SimulatedDevice`). The runner's worker thread makes real pixels of the requested size (a per-seed
+gradient with 4 bits of noise, so a 1024x1024 PNG is ~1.9 MB and costs what a real one costs to encode)
+and then sleeps out the rest of the batch's device time, which releases the GIL as a GPU kernel wait would:
 
     device seconds = steps * (step_seconds_base + step_seconds_per_megapixel * total megapixels) * time_scale
 
@@ -30,10 +30,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from pipelines.local import LocalDiffusersBackend
 from pipelines.options import FLUX_DEV_H100, DeviceProfile, LocalModelOptions
+from pipelines.runner import DeviceRunner
 from pipelines.scheduler import BatchKey, ImageJobSpec
-from pipelines.types import BatchObserver, LocalModelSpec, Readiness
+from pipelines.types import LocalModelSpec, Readiness
 
 if TYPE_CHECKING:
     import numpy as np
@@ -102,23 +102,23 @@ class SimulatedRunner:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class SimulatedBackend(LocalDiffusersBackend):
-    """A local model on a simulated device: same scheduler, seeds and results; no weights needed."""
+class SimulatedDevice:
+    """The `ModelDevice` of a simulated card: no weights, a `SimulatedRunner` with the model's profile."""
 
-    def __init__(self, spec: LocalModelSpec, options: LocalModelOptions, *,
-                 observer: BatchObserver | None = None) -> None:
-        super().__init__(spec, options, observer=observer)
+    def __init__(self, spec: LocalModelSpec, options: LocalModelOptions) -> None:
+        self.spec = spec
+        self._options = options
         self.profile = options.profile or FLUX_DEV_H100
 
-    def _create_runner(self) -> SimulatedRunner:
+    def create_runner(self) -> SimulatedRunner:
         return SimulatedRunner(self.spec.id, self.profile)
 
-    def readiness(self) -> Readiness:
+    def readiness(self, runner: DeviceRunner | None, load_error: str | None) -> Readiness:
         p = self.profile
         return Readiness(True, f"simulated device: {p.step_seconds_base:g} s + {p.step_seconds_per_megapixel:g} s/MP "
                                f"per step, time scale {p.time_scale:g}")
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, runner: DeviceRunner | None) -> dict[str, Any]:
         return {"device": "simulated", "dtype": "bf16", "max_batch_images": self._options.max_batch_images,
                 "step_seconds_base": self.profile.step_seconds_base,
                 "step_seconds_per_megapixel": self.profile.step_seconds_per_megapixel,

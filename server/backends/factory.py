@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pipelines.backend import LocalBackend
 from pipelines.errors import ModelUnavailable
 from pipelines.optimizations import OptimizationOptions
 from pipelines.options import FLUX_DEV_H100, DeviceProfile, LocalModelOptions
@@ -78,15 +79,17 @@ def local_model_options(settings: Settings, model_id: str, *, simulated: bool = 
 
 
 def _local_backend(spec: ModelSpec, settings: Settings, observer: BatchObserver | None) -> ImageBackend:
-    from pipelines.local import LocalDiffusersBackend
+    from pipelines.local import DiffusersDevice
 
-    return LocalDiffusersBackend(spec, local_model_options(settings, spec.id), observer=observer)
+    options = local_model_options(settings, spec.id)
+    return LocalBackend(spec, options, DiffusersDevice(spec, options), observer=observer)
 
 
 def _simulated_backend(spec: ModelSpec, settings: Settings, observer: BatchObserver | None) -> ImageBackend:
-    from pipelines.simulated import SimulatedBackend
+    from pipelines.simulated import SimulatedDevice
 
-    return SimulatedBackend(spec, local_model_options(settings, spec.id, simulated=True), observer=observer)
+    options = local_model_options(settings, spec.id, simulated=True)
+    return LocalBackend(spec, options, SimulatedDevice(spec, options), observer=observer)
 
 
 def _vendor_backend(spec: ModelSpec, settings: Settings, observer: BatchObserver | None) -> ImageBackend:

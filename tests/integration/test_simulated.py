@@ -13,8 +13,9 @@ import pytest
 from openai import AsyncOpenAI
 from PIL import Image
 
+from pipelines.backend import LocalBackend
 from pipelines.scheduler import BatchKey, ImageJobSpec
-from pipelines.simulated import FLUX_DEV_H100, DeviceProfile, SimulatedBackend, SimulatedRunner, synthesize_pixels
+from pipelines.simulated import FLUX_DEV_H100, DeviceProfile, SimulatedDevice, SimulatedRunner, synthesize_pixels
 from server.backends.factory import build_backend
 from server.registry import build_registry
 from server.settings import load_settings
@@ -66,9 +67,9 @@ def test_toml_profile_loads_as_a_simulated_local_model() -> None:
     assert spec is not None and spec.kind == "simulated" and spec.is_local
     assert spec.default_steps == 28 and "seed" in spec.extra_params
     backend = build_backend(spec, settings)
-    assert isinstance(backend, SimulatedBackend)
+    assert isinstance(backend, LocalBackend) and isinstance(backend.device, SimulatedDevice)
     assert backend.readiness().ready
-    assert backend.profile == FLUX_DEV_H100
+    assert backend.device.profile == FLUX_DEV_H100
 
 
 def _sim_models(time_scale: float) -> dict[str, dict[str, object]]:

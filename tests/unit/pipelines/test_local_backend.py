@@ -1,4 +1,4 @@
-"""LocalDiffusersBackend's loading rules, with a fake device runner (no torch work)."""
+"""LocalBackend's loading rules, with a fake device and runner (no torch work)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from pipelines.backend import LocalBackend
 from pipelines.errors import ModelUnavailable
-from pipelines.local import LocalDiffusersBackend
+from pipelines.local import DiffusersDevice
 from pipelines.scheduler import BatchKey, ImageJobSpec
 from pipelines.types import GenerationRequest
 from server.backends.factory import local_model_options
@@ -43,23 +44,25 @@ class SlowLoadingRunner:
         self.closed = True
 
 
-class CountingBackend(LocalDiffusersBackend):
+class CountingDevice(DiffusersDevice):
+    """The real diffusers device's readiness and description, with a runner that only counts and waits."""
+
     def __init__(self, *args: Any, fail: bool = False) -> None:
         super().__init__(*args)
         self.gate = asyncio.Event()
         self.runners: list[SlowLoadingRunner] = []
         self.fail = fail
 
-    def _create_runner(self) -> SlowLoadingRunner:
+    def create_runner(self) -> SlowLoadingRunner:
         runner = SlowLoadingRunner(self.gate, self.fail)
         self.runners.append(runner)
         return runner
 
 
-def _backend(fail: bool = False, **settings: Any) -> CountingBackend:
+def _backend(fail: bool = False, **settings: Any) -> LocalBackend:
     loaded = load_settings(**settings)
-    return CountingBackend(build_registry(loaded).get("tiny-flux"), local_model_options(loaded, "tiny-flux"),
-                           fail=fail)
+    spec, options = build_registry(loaded).get("tiny-flux"), local_model_options(loaded, "tiny-flux")
+    return LocalBackend(spec, options, CountingDevice(spec, options, fail=fail))
 
 
 def _request(n: int = 1) -> GenerationRequest:
@@ -70,17 +73,18 @@ async def test_a_client_leaving_during_the_first_load_neither_cancels_nor_repeat
     backend = _backend()
     first = asyncio.create_task(backend.generate(_request()))
     await asyncio.sleep(0.01)
-    assert len(backend.runners) == 1
-    await backend.runners[0].load_started.wait()
+    assert len(backend.device.runners) == 1
+    await backend.device.runners[0].load_started.wait()
     first.cancel()  # the client disconnected while the weights were loading
     with pytest.raises(asyncio.CancelledError):
         await first
     second = asyncio.create_task(backend.generate(_request(n=2)))
     await asyncio.sleep(0.01)
-    backend.gate.set()
+    backend.device.gate.set()
     result = await second
     assert [image.pixels for image in result.images] == [5, 6]
-    assert len(backend.runners) == 1 and backend.runners[0].loaded and not backend.runners[0].closed
+    runners = backend.device.runners
+    assert len(runners) == 1 and runners[0].loaded and not runners[0].closed
     await backend.close()
 
 
@@ -88,24 +92,24 @@ async def test_concurrent_first_requests_share_one_load() -> None:
     backend = _backend()
     waiting = [asyncio.create_task(backend.generate(_request())) for _ in range(5)]
     await asyncio.sleep(0.01)
-    backend.gate.set()
+    backend.device.gate.set()
     await asyncio.gather(*waiting)
-    assert len(backend.runners) == 1
+    assert len(backend.device.runners) == 1
     await backend.close()
 
 
 async def test_a_failed_load_is_reported_and_not_retried_by_every_request() -> None:
     backend = _backend(fail=True)
-    backend.gate.set()
+    backend.device.gate.set()
     for _ in range(3):
         with pytest.raises(ModelUnavailable, match="failed to load"):
             await backend.generate(_request())
-    assert len(backend.runners) == 1 and backend.runners[0].closed
+    assert len(backend.device.runners) == 1 and backend.device.runners[0].closed
     assert backend.readiness().ready is False and "RuntimeError" in backend.readiness().detail
     backend._retry_load_after = 0.0  # the retry delay has passed
-    backend.fail = False
+    backend.device.fail = False
     await backend.generate(_request())
-    assert len(backend.runners) == 2 and backend.readiness().ready
+    assert len(backend.device.runners) == 2 and backend.readiness().ready
     await backend.close()
 
 
