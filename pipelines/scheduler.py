@@ -1,12 +1,17 @@
 """The batching scheduler: plain asyncio, no torch, so it is tested against a fake runner.
 
 One scheduler per local model. Jobs are single images. Jobs with the same `BatchKey` (model, size,
-steps, guidance, sequence length) are merged into one runner call, up to `max_batch_images`, waiting
-at most `max_wait_s` after the oldest queued job arrived on an idle device. A job that arrived while
-the device was busy has already waited, so when the device frees up its batch starts at once with
-whatever compatible jobs are queued: batching never adds idle time to a busy device. Jobs whose
-future is already done (the client went away) are dropped before they cost device time. If a batch
-fails, every job in it gets the error; a batch that runs out of device memory is split in halves and
+steps, guidance, sequence length) are merged into one runner call, up to `max_batch_images`.
+
+When to start a batch. A job that arrived while the device was busy has already waited, so when the device
+frees up its batch starts at once with whatever compatible jobs are queued: batching never adds idle time
+to a busy device. On an idle device, a request that arrives when nothing else has arrived for longer than
+`max_wait_s` starts at once too: nothing suggests a partner is coming, so waiting would only add latency
+to a lone request. Only under load (arrivals closer together than `max_wait_s`) does the oldest job on an
+idle device wait, at most `max_wait_s` after it arrived, for its batch to fill.
+
+Jobs whose future is already done (the client went away) are dropped before they cost device time. If a
+batch fails, every job in it gets the error; a batch that runs out of device memory is split in halves and
 retried, down to single images.
 """
 
@@ -53,6 +58,7 @@ class Job:
     future: asyncio.Future[JobResult]
     enqueued_at: float
     request_id: str = ""
+    quiet_before: float = 0.0  # seconds since the previous request arrived (inf for the first)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class JobResult:
     batch_size: int
     device_ms: float
     batch_id: int
+    queued_ms: float = 0.0  # from the job's arrival until its batch started on the device
 
 
 class DeviceOutOfMemory(Exception):
@@ -125,6 +132,7 @@ class BatchScheduler:
         self._task: asyncio.Task[None] | None = None
         self._batch_counter = 0
         self._device_free_since = float("-inf")
+        self._last_arrival = float("-inf")
         self.stats = SchedulerStats()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -169,7 +177,8 @@ class BatchScheduler:
             )
         loop = asyncio.get_running_loop()
         now = self._clock()
-        jobs = [Job(key, spec, loop.create_future(), now, request_id) for spec in specs]
+        quiet, self._last_arrival = now - self._last_arrival, now
+        jobs = [Job(key, spec, loop.create_future(), now, request_id, quiet) for spec in specs]
         self._queue.extend(jobs)
         self._arrival.set()
         return jobs
@@ -204,7 +213,8 @@ class BatchScheduler:
             await self._arrival.wait()
         head = self._queue[0]
         arrived_while_busy = head.enqueued_at <= self._device_free_since
-        deadline = self._clock() if arrived_while_busy else head.enqueued_at + self._max_wait
+        arrived_alone = head.quiet_before > self._max_wait  # nothing else is arriving: do not wait for it
+        deadline = self._clock() if arrived_while_busy or arrived_alone else head.enqueued_at + self._max_wait
         while len(self._matching(head.key)) < self._max_batch and not head.future.done():
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -250,7 +260,8 @@ class BatchScheduler:
         self._record(len(batch), device_s)
         for job, output in zip(batch, outputs, strict=True):
             if not job.future.done():
-                job.future.set_result(JobResult(output, len(batch), device_s * 1000, batch_id))
+                job.future.set_result(JobResult(output, len(batch), device_s * 1000, batch_id,
+                                                 max(0.0, self._clock() - job.enqueued_at - device_s) * 1000))
 
     async def _retry_smaller(self, batch: list[Job]) -> None:
         if len(batch) == 1:

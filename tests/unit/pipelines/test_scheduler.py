@@ -98,13 +98,35 @@ async def test_zero_wait_dispatches_alone_and_long_wait_merges_late_arrivals() -
 
     runner = FakeRunner()
     scheduler = make(runner, max_wait_s=30.0, max_batch_images=2)
+    await scheduler.generate(KEY, specs("warm"))  # the previous arrival: requests are now coming in
     first = asyncio.create_task(scheduler.generate(KEY, specs("a")))
-    await asyncio.sleep(0.05)  # the scheduler is now waiting for a partner
-    assert not runner.batches
+    await asyncio.sleep(0.05)  # under load, the scheduler waits for a partner
+    assert len(runner.batches) == 1
     await scheduler.generate(KEY, specs("b"))  # fills the batch: both go at once, long before 30 s
     await first
-    assert [len(batch) for _, batch in runner.batches] == [2]
+    assert [len(batch) for _, batch in runner.batches] == [1, 2]
     await scheduler.close()
+
+
+async def test_a_lone_request_on_an_idle_device_does_not_sit_out_the_batch_wait() -> None:
+    """Nothing has arrived for longer than the wait: nothing suggests a partner, so the batch starts at once.
+    With a 30 s wait, finishing inside the 5 s bound proves it did not wait (a bound, not a timing)."""
+    clock = FakeClock()
+    runner = FakeRunner()
+    scheduler = make(runner, max_wait_s=30.0, clock=clock)
+    await asyncio.wait_for(scheduler.generate(KEY, specs("first")), timeout=5)  # the first request ever
+    clock.now += 31.0  # quiet for longer than the wait
+    await asyncio.wait_for(scheduler.generate(KEY, specs("alone")), timeout=5)
+    assert [len(batch) for _, batch in runner.batches] == [1, 1]
+    await scheduler.close()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 async def test_jobs_queued_while_busy_start_without_waiting_again() -> None:
