@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from pipelines.errors import ModelUnavailable
 from pipelines.options import LocalModelOptions
 from pipelines.runner import DeviceRunner, ModelLoadError
-from pipelines.scheduler import BatchKey, BatchScheduler, ImageJobSpec
+from pipelines.scheduler import BatchKey, BatchScheduler, ImageJobSpec, JobResult
 from pipelines.types import (
     SEED_MODULUS,
     BackendStats,
@@ -40,6 +40,16 @@ def _retrieve_exception(task: asyncio.Future[Any]) -> None:
     """Mark a load failure as seen even if every request that waited for it has gone."""
     if not task.cancelled():
         task.exception()
+
+
+def queue_ms(results: list[JobResult], device_ms: float) -> float:
+    """How long a request's images waited in the scheduler rather than ran: its time there (until its last
+    batch finished) less its own batches' device time. All its jobs arrive at once, so the job that finished
+    last waited `queued_ms + device_ms` in all. With one batch this is just that batch's `queued_ms`; with
+    several, the time between its batches (other requests' batches included) counts as queue, and the device
+    time of its own earlier batches does not count twice."""
+    in_scheduler = max(result.queued_ms + result.device_ms for result in results)
+    return max(0.0, in_scheduler - device_ms)
 
 
 class ModelDevice(Protocol):
@@ -153,6 +163,7 @@ class LocalBackend:
         specs = [ImageJobSpec(request.prompt, seed, request.negative_prompt) for seed in seeds]
         results = await scheduler.generate(self.batch_key(request), specs, request.request_id)
         batches = {result.batch_id: result.device_ms for result in results}
+        device_ms = sum(batches.values())
         return GenerationResult(
             images=[GeneratedImage(pixels=result.output, seed=seed)
                     for result, seed in zip(results, seeds, strict=True)],
@@ -160,7 +171,8 @@ class LocalBackend:
             height=request.height,
             quality=request.quality,
             batch_size=max(result.batch_size for result in results),
-            device_ms=round(sum(batches.values()), 1),
+            device_ms=round(device_ms, 1),
+            queue_ms=round(queue_ms(results, device_ms), 1),
         )
 
     def describe(self) -> dict[str, Any]:

@@ -73,6 +73,8 @@ class GenerationResult:
     quality: str = "standard"
     batch_size: int | None = None  # local models: images in the largest batch that made these
     device_ms: float | None = None  # local models: pipeline time spent on these images' batches
+    queue_ms: float | None = None  # local models: time these images waited in the scheduler, not on the device
+    upstream_ms: float | None = None  # vendors: wall time of the call to the vendor (download and checks included)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property

@@ -2,7 +2,8 @@
 
 Each app gets its own `CollectorRegistry` (never the global default), so several servers in one process
 (the tests) do not clash. Counters are fed by two hooks: the service's outcome per request
-(`ImageService(on_outcome=...)`) and, per local model, the `batch_observer` its backend is built with.
+(`ImageService(on_outcome=...)`) and, per local model, the `batch_observer` its backend is built with; the
+per-stage times of each successful image request come from the HTTP edge (`server.api.timing`).
 Queue depth and dropped jobs (each backend's `stats()`) and GPU memory are read when scraped.
 """
 
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+# From a key lookup (under a millisecond) to a vendor or a big batch on a CPU (minutes).
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                 120.0, 300.0, 600.0)
 
 
 class _LiveCollector(Collector):
@@ -92,6 +96,10 @@ class Metrics:
         self.errors = Counter("imageserve_http_errors", "Error answers on every route, by route and error type "
                               "(bad input, bad key and the like included, which never reach a model).",
                               ["route", "type"], registry=r)
+        self.stages = Histogram("imageserve_stage_seconds", "Where the time of a successful image request went, "
+                                "by model and stage (auth, queue, device, upstream, encode, store, total; the "
+                                "stages of its Server-Timing header).", ["model", "stage"],
+                                buckets=STAGE_BUCKETS, registry=r)
 
     def attach(self, backends: Mapping[str, ImageBackend]) -> None:
         """Report these backends' queues (their `stats()`) at scrape time: the local models', which have one."""
@@ -115,6 +123,11 @@ class Metrics:
         if outcome.images:
             self.images.labels(outcome.model).inc(outcome.images)
             self.cost.labels(outcome.model).inc(outcome.cost_usd)
+
+    def observe_stages(self, model: str, stages_ms: Mapping[str, float]) -> None:
+        """One successful request's stages, in milliseconds (as in its Server-Timing header)."""
+        for stage, ms in stages_ms.items():
+            self.stages.labels(model, stage).observe(ms / 1000)
 
     def observe_error(self, route: str, error_type: str) -> None:
         self.errors.labels(route, error_type).inc()

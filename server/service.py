@@ -41,6 +41,19 @@ class Delivery:
     link_base: str | None = None
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What `ImageService.generate` gives back: the OpenAI-format body (with `perf`), and where the time went,
+    in milliseconds per stage, for the HTTP edge's `Server-Timing` header and the stage metrics. The stages
+    are those that applied: `queue` and `device` (local models, from the scheduler), `upstream` (vendors: the
+    wall time of the vendor call), `encode` (encoding and base64) and `store` (url answers only). See
+    `_materialize` for how encode and store are measured."""
+
+    model: str
+    body: dict[str, Any]
+    stages: dict[str, float]
+
+
 class UsageGate(Protocol):
     """Admission before work (quotas) and accounting after it (ledger). See `server.accounts.ledger`."""
 
@@ -82,7 +95,7 @@ class ImageService:
 
     async def generate(
         self, request: GenerationRequest, spec: ModelSpec, delivery: Delivery, principal: Principal
-    ) -> dict[str, Any]:
+    ) -> Answer:
         """Admit, generate, encode and store, price and settle one validated request."""
         started = time.perf_counter()
         request_id = request.request_id
@@ -98,7 +111,7 @@ class ImageService:
         status = "error"
         try:
             result = await self.backends[spec.id].generate(request)
-            data = await self._materialize(result, delivery, request_id)
+            data, encode_ms, store_ms = await self._materialize(result, delivery, request_id)
             status = "ok"
         except ImageServeError as exc:
             status = exc.type
@@ -121,11 +134,13 @@ class ImageService:
                 logger.error("%s: could not record usage (%s: %.200s); its reservation is released later as stale",
                              request_id, type(exc).__name__, exc)
         assert result is not None
-        return {
-            "created": int(time.time()),
-            "data": data,
-            "perf": self._perf(spec, result, outcome),
-        }
+        body = {"created": int(time.time()), "data": data, "perf": self._perf(spec, result, outcome)}
+        stages = {name: ms for name, ms in (("queue", result.queue_ms), ("device", result.device_ms),
+                                            ("upstream", result.upstream_ms)) if ms is not None}
+        stages["encode"] = encode_ms
+        if not delivery.b64:
+            stages["store"] = store_ms
+        return Answer(spec.id, body, stages)
 
     @staticmethod
     def _perf(spec: ModelSpec, result: GenerationResult, outcome: Outcome) -> dict[str, Any]:
@@ -147,15 +162,33 @@ class ImageService:
                 perf[key] = result.extra[key]
         return perf
 
-    async def _materialize(self, result: GenerationResult, delivery: Delivery, request_id: str) -> list[dict[str, Any]]:
-        """Encode and store every image concurrently on the encoder threads."""
+    async def _materialize(
+        self, result: GenerationResult, delivery: Delivery, request_id: str
+    ) -> tuple[list[dict[str, Any]], float, float]:
+        """Encode and store every image concurrently on the encoder threads; the entries, then the step's
+        wall time in ms split into encode and store.
+
+        The images are encoded in parallel (and may wait for a thread other requests hold), so neither the sum
+        nor the maximum of the per-image times is what the request waited. What it waited is the wall time of
+        this step; that is split between encode and store in proportion to the summed per-image times of each,
+        so the two stages add up to the real wait and each keeps its share of the work."""
         loop = asyncio.get_running_loop()
-        return list(await asyncio.gather(*(
+        started = time.perf_counter()
+        done = await asyncio.gather(*(
             loop.run_in_executor(self._encoder, self._materialize_one, image, delivery, request_id)
             for image in result.images
-        )))
+        ))
+        wall_ms = (time.perf_counter() - started) * 1000
+        encode_s = sum(encode for _, encode, _ in done)
+        store_s = sum(store for _, _, store in done)
+        encode_share = encode_s / (encode_s + store_s) if encode_s + store_s > 0 else 1.0
+        return [entry for entry, _, _ in done], wall_ms * encode_share, wall_ms * (1 - encode_share)
 
-    def _materialize_one(self, image: GeneratedImage, delivery: Delivery, request_id: str) -> dict[str, Any]:
+    def _materialize_one(
+        self, image: GeneratedImage, delivery: Delivery, request_id: str
+    ) -> tuple[dict[str, Any], float, float]:
+        """One image's entry, with the seconds spent encoding it (base64 included) and storing it."""
+        started = time.perf_counter()
         output_format = delivery.output_format or "png"
         if image.pixels is not None:
             encoded = encode_pixels(image.pixels, output_format, delivery.compression)
@@ -166,12 +199,16 @@ class ImageService:
         else:  # pragma: no cover - a backend bug
             raise RuntimeError("backend returned an image with neither pixels nor bytes")
         entry: dict[str, Any] = {}
+        store_s = 0.0
         if delivery.b64:
             entry["b64_json"] = base64.b64encode(encoded).decode("ascii")
+            encode_s = time.perf_counter() - started
         else:
+            encode_s = time.perf_counter() - started
             entry["url"] = self.store.save(encoded, output_format, request_id, delivery.link_base)
+            store_s = time.perf_counter() - started - encode_s
         if image.revised_prompt is not None:
             entry["revised_prompt"] = image.revised_prompt
         if image.seed is not None:
             entry["seed"] = image.seed
-        return entry
+        return entry, encode_s, store_s

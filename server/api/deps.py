@@ -11,12 +11,14 @@ import contextlib
 import functools
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
 from fastapi import Depends, Request
 
 from server.accounts.credentials import Principal
+from server.api.timing import record_auth
 from server.errors import ClientClosedRequest
 
 logger = logging.getLogger(__name__)
@@ -26,9 +28,14 @@ T = TypeVar("T")
 
 
 async def authenticate(request: Request) -> Principal:
-    """The key in the `Authorization` header, checked (with the client's address, for the failure budget)."""
+    """The key in the `Authorization` header, checked (with the client's address, for the failure budget).
+    How long that took, refusals included, is kept on `request.state` for the `Server-Timing` header."""
     client_ip = request.client.host if request.client else None
-    return await request.app.state.authenticator.authenticate(request.headers.get("authorization"), client_ip)
+    started = time.perf_counter()
+    try:
+        return await request.app.state.authenticator.authenticate(request.headers.get("authorization"), client_ip)
+    finally:
+        record_auth(request, (time.perf_counter() - started) * 1000)
 
 
 def image_request_id(request: Request) -> str:

@@ -1,4 +1,7 @@
-"""`POST /v1/images/generations`: parse the body, let `ImageService` make the images, answer with JSON."""
+"""`POST /v1/images/generations`: parse the body, let `ImageService` make the images, answer with JSON.
+
+Every answer, error answers included, carries a `Server-Timing` header (`server.api.timing`).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ from server.accounts.credentials import Principal
 from server.api.deps import Authenticated, ImageRequestId, with_cancellation
 from server.api.errors import REQUEST_ID_HEADER
 from server.api.protocol import ImageGenerationBody, parse_body, to_generation_request
-from server.service import Delivery
+from server.api.timing import TimedRoute, record_stages
+from server.service import Answer, Delivery
 
-router = APIRouter()
+router = APIRouter(route_class=TimedRoute)
 
 
 async def generation_body(request: Request) -> ImageGenerationBody:
@@ -36,16 +40,17 @@ _REQUEST_BODY = {"requestBody": {
 async def generate_images(
     request: Request, request_id: ImageRequestId, principal: Authenticated, body: GenerationBody
 ) -> Any:
-    payload = await _generate(request, body, principal, request_id)
+    answer = await _generate(request, body, principal, request_id)
     # A response with several base64 images is megabytes of JSON: render it off the event loop.
-    rendered = await asyncio.to_thread(render_json, payload)
+    rendered = await asyncio.to_thread(render_json, answer.body)
+    record_stages(request, answer.model, answer.stages)
     return Response(rendered, media_type="application/json", headers={REQUEST_ID_HEADER: request_id})
 
 
 @with_cancellation
 async def _generate(
     request: Request, body: ImageGenerationBody, principal: Principal, request_id: str
-) -> dict[str, Any]:
+) -> Answer:
     """The cancellable part. Rendering the answer is not: by then the images are made and accounted for."""
     # Image links use IMAGESERVE_PUBLIC_URL, else the address this client reached us at: a server
     # listening on 0.0.0.0 (e.g. in Docker) must not hand out links to 127.0.0.1.

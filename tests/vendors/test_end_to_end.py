@@ -22,10 +22,12 @@ import httpx
 import openai
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.constants import TEST_KEY, TEST_KEYS
 from tests.support.emulators.common import EmulatorBase, Fail, Truncated
 from tests.support.server_harness import RunningServer, running_server
+from tests.support.server_timing import parse_server_timing
 from tests.vendors.conftest import KEYS
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
@@ -614,3 +616,36 @@ async def test_a_request_that_cannot_get_a_vendor_slot_is_a_503(one_slot_server,
         first = await holder
     assert first.status_code == 200, first.text
     await asyncio.to_thread(assert_healthy, one_slot_server, "flux-pro")
+
+
+# --- 7. Server-Timing: where a forwarded request's time went -----------------------------------------------
+
+
+@pytest.mark.parametrize(("response_format", "stored"), [("b64_json", False), ("url", True)])
+@pytest.mark.parametrize("model", ["dall-e-3", "dall-e-2"])
+def test_a_forwarded_answer_times_upstream_not_queue_or_device(vendor_server, emus, model, response_format, stored):
+    before = _stage_counts(vendor_server, model)
+    response = generate(vendor_server, model=model, prompt="a red fox", response_format=response_format)
+    assert response.status_code == 200, response.text
+    stages = parse_server_timing(response.headers["server-timing"])
+    assert list(stages) == ["auth", "upstream", "encode", *(["store"] if stored else []), "total"]
+    assert all(value >= 0 for value in stages.values())
+    assert sum(value for name, value in stages.items() if name != "total") <= stages["total"] + 1.0
+    after = _stage_counts(vendor_server, model)
+    added = {stage: after[stage] - before.get(stage, 0) for stage in after if after[stage] != before.get(stage, 0)}
+    assert added == dict.fromkeys(stages, 1)  # each stage of the header, observed once; no queue or device
+
+
+def test_a_failed_forwarded_request_still_says_how_long_it_took(vendor_server, emus):
+    emus["openai"].script("generate", Fail(429))
+    response = generate(vendor_server, model="dall-e-3", prompt="a red fox")
+    assert response.status_code == 429
+    assert list(parse_server_timing(response.headers["server-timing"])) == ["auth", "total"]
+
+
+def _stage_counts(server: RunningServer, model: str) -> dict[str, float]:
+    scrape = httpx.get(server.base_url + "/metrics", timeout=30).text
+    return {sample.labels["stage"]: sample.value
+            for family in text_string_to_metric_families(scrape) if family.name == "imageserve_stage_seconds"
+            for sample in family.samples
+            if sample.name == "imageserve_stage_seconds_count" and sample.labels["model"] == model}

@@ -73,6 +73,7 @@ class VendorBackend:
         started = time.perf_counter()
         try:
             images, extra = await self._generate(self._vendor, request)
+            upstream_ms = (time.perf_counter() - started) * 1000
         except ImageServeError as exc:
             logger.info(
                 "request %s: %s %s failed: %s",
@@ -94,13 +95,14 @@ class VendorBackend:
             request.n,
             width,
             height,
-            (time.perf_counter() - started) * 1000,
+            upstream_ms,
         )
         return GenerationResult(
             images=[image for image, _ in images],
             width=width,
             height=height,
             quality=request.quality,
+            upstream_ms=round(upstream_ms, 1),
             extra={"provider": self.provider, "upstream_model": self.upstream_model(), **extra},
         )
 
