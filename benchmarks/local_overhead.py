@@ -36,7 +36,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serving_efficiency import PROFILE, _free_port, _toml_value  # noqa: E402
+from benchmarks.serving_efficiency import PROFILE, _toml_value, launch_imageserve  # noqa: E402
 
 GOALS_MS = {"tiny-flux 256x256": 20.0, "simulated FLUX/H100 1024x1024": 50.0}
 
@@ -47,32 +47,6 @@ def parse_server_timing(header: str) -> dict[str, float]:
         name, _, duration = part.strip().partition(";dur=")
         stages[name.strip()] = float(duration)
     return stages
-
-
-def start(workdir: Path, config: str) -> tuple[Any, str]:
-    import subprocess
-
-    (workdir / "config.toml").write_text(config)
-    port = _free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("IMAGESERVE_")},
-           "IMAGESERVE_DATA_DIR": str(workdir / "data"), "IMAGESERVE_MODEL_CACHE": str(workdir / "cache"),
-           "IMAGESERVE_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "server.cli.main", "--config", str(workdir / "config.toml"),
-                                "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=open(workdir / "server.log", "wb"))  # noqa: SIM115
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {(workdir / 'server.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("server did not start in 120 s")
 
 
 def run_requests(base: str, body: dict[str, Any], requests: int, warmup: int) -> list[dict[str, float]]:
@@ -135,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         sim = tomllib.loads(PROFILE.read_text())["models"]["flux-dev-sim-h100"] | {"time_scale": 0.1}
         config = "\n".join(["[models.flux-dev-sim-h100]", *(f"{k} = {_toml_value(v)}" for k, v in sim.items())])
-        process, base = start(workdir, config + "\n")
+        process, base = launch_imageserve(workdir, config + "\n")
         try:
             tiny = run_requests(base, {"model": "tiny-flux", "prompt": "benchmark", "size": "256x256",
                                        "num_inference_steps": 4, "response_format": "b64_json"},

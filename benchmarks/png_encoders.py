@@ -44,6 +44,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from pipelines.simulated import synthesize_pixels  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -157,14 +158,7 @@ def measure(found: dict[str, Encoder], pixels: np.ndarray, repeat: int) -> dict[
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     versions = {}
     for name in ("PIL", "imagecodecs", "fpng", "pymtpng", "numpy"):
         try:

@@ -65,19 +65,24 @@ def _toml_value(value: Any) -> str:
 def start_server(workdir: Path, time_scale: float, batch_wait_ms: float) -> tuple[subprocess.Popen[bytes], str]:
     table = tomllib.loads(PROFILE.read_text())["models"][MODEL]
     table["time_scale"] = time_scale
-    config = workdir / "config.toml"
     lines = [f"batch_wait_ms = {batch_wait_ms}", "max_queue_images = 256", f"[models.{MODEL}]"]
     lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
-    config.write_text("\n".join(lines) + "\n")
+    return launch_imageserve(workdir, "\n".join(lines) + "\n")
+
+
+def launch_imageserve(workdir: Path, config: str, start_timeout_s: float = 120) -> tuple[subprocess.Popen[bytes], str]:
+    """`imageserve serve` in its own process on a free loopback port with `config` (TOML text), its data and
+    model cache in `workdir`; returns the process and its base URL once `/health` answers."""
+    (workdir / "config.toml").write_text(config)
     port = _free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("IMAGESERVE_")},
            "IMAGESERVE_DATA_DIR": str(workdir / "data"), "IMAGESERVE_MODEL_CACHE": str(workdir / "cache"),
            "IMAGESERVE_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "server.cli.main", "--config", str(config), "serve",
-                                "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([sys.executable, "-m", "server.cli.main", "--config", str(workdir / "config.toml"),
+                                "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=open(workdir / "server.log", "wb"))  # noqa: SIM115
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + start_timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited: {(workdir / 'server.log').read_text()[-2000:]}")
@@ -88,7 +93,7 @@ def start_server(workdir: Path, time_scale: float, batch_wait_ms: float) -> tupl
             pass
         time.sleep(0.2)
     process.kill()
-    raise RuntimeError("server did not start in 60 s")
+    raise RuntimeError(f"server did not start in {start_timeout_s:g} s")
 
 
 async def _request(client: AsyncOpenAI, seed: int) -> dict[str, Any]:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import PIL  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from pipelines.simulated import synthesize_pixels  # noqa: E402
 from server.backends.vendors.image_check import check_image, decode_image  # noqa: E402
 
@@ -67,14 +68,7 @@ def median_ms(check: Callable[[bytes], object], data: bytes, repeat: int) -> flo
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
