@@ -20,8 +20,14 @@ Concurrency `--concurrency` (32): `--concurrent-requests` (200) requests per pat
 `--rounds` rounds (the order rotates); the median wall time, requests/s, and slower than direct = wall / direct
 wall - 1. Everything is bounded (`--max-seconds`); every process started is stopped at the end, also on error.
 
-Writes `vendor-overhead.json` and `.md` (machine, date, versions) under `--out`.
+Two set-ups. By default the emulator answers a single-colour PNG of a few KB at once: a stress test of each
+proxy's CPU per request. `--upstream-latency-ms 1500 --image photo` makes it answer like a vendor: after
+1.5 s, with a 1.8 MB photo-like PNG.
+
+Writes `NAME.json` and `.md` (machine, date, versions) under `--out` (`--name`, default `vendor-overhead`).
 Usage: python benchmarks/vendor_overhead.py --litellm /tmp/litellm-venv/bin/litellm
+       python benchmarks/vendor_overhead.py --litellm ... --upstream-latency-ms 1500 --image photo \
+           --requests 20 --warmup 3 --rounds 3 --name vendor-overhead-vendor-like
 """
 
 from __future__ import annotations
@@ -63,14 +69,38 @@ GOALS = {"imageserve_added_ms_p50": 7.0, "imageserve_slower_than_direct": 0.05}
 EARLIER = {"direct_ms_p50": 15.0, "litellm_added_ms_p50": 13.5, "imageserve_added_ms_p50": 15.0,
            "imageserve_slower_than_direct": 0.14, "litellm_slower_than_direct": 0.115}
 EMULATOR = """
+import asyncio
+import io
 import sys
+
+import numpy as np
 import uvicorn
+from PIL import Image
+
+from tests.support.emulators import openai_api
 from tests.support.emulators.openai_api import OpenAIEmulator
+
+LATENCY_S = float(sys.argv[3]) / 1000
+if sys.argv[4] == "photo":  # noise over smooth gradients: a 1024x1024 PNG of about 1.8 MB, like a vendor's photo
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:1024, 0:1024]
+    base = np.stack([128 + 100 * np.sin(x / 97 + y / 131), 128 + 90 * np.cos(y / 83),
+                     128 + 80 * np.sin((x + y) / 151)], -1)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(base + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8)).save(buffer, "PNG")
+    PHOTO = buffer.getvalue()
+    openai_api.png = lambda width, height: PHOTO  # only 1024x1024 is asked for
 
 class Forget(list):  # the emulator records every request; a benchmark needs none of them
     def append(self, item): pass
 
-emulator = OpenAIEmulator(sys.argv[1], requests=Forget())
+class SlowEmulator(OpenAIEmulator):  # a vendor takes seconds to draw: answer after LATENCY_S, without blocking
+    async def generate(self, request):
+        if LATENCY_S:
+            await asyncio.sleep(LATENCY_S)
+        return await super().generate(request)
+
+emulator = SlowEmulator(sys.argv[1], requests=Forget())
 uvicorn.run(emulator.app(), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
 """
 IMAGESERVE_CONFIG = """log_level = "warning"
@@ -128,9 +158,9 @@ class Processes:
                     break
 
 
-def start_emulator(procs: Processes) -> str:
+def start_emulator(procs: Processes, latency_ms: float, image: str) -> str:
     port = _free_port()
-    procs.start("emulator", [sys.executable, "-c", EMULATOR, VENDOR_KEY, str(port)],
+    procs.start("emulator", [sys.executable, "-c", EMULATOR, VENDOR_KEY, str(port), str(latency_ms), image],
                 _clean_env(PYTHONPATH=str(ROOT)), f"http://127.0.0.1:{port}/", 30)
     return f"http://127.0.0.1:{port}"
 
@@ -311,7 +341,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         litellm_ver = litellm_version(args.litellm)
     with tempfile.TemporaryDirectory(prefix="vendor-overhead-") as tmp, Processes(Path(tmp)) as procs:
-        emulator = start_emulator(procs)
+        emulator = start_emulator(procs, args.upstream_latency_ms, args.image)
         bases = {"direct": (emulator + "/v1", VENDOR_KEY),
                  "imageserve": (start_imageserve(procs, emulator) + "/v1", IMAGESERVE_KEY)}
         if "litellm" not in not_measured:
@@ -329,10 +359,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "imageserve_source": source_state(),
         "command": " ".join(["python", "benchmarks/vendor_overhead.py", *args.argv]),
         "setup": {
-            "emulator": "tests/support/emulators/openai_api.py in one uvicorn process; dall-e-3, 1024x1024 PNG, "
-                        "b64_json",
+            "emulator": f"tests/support/emulators/openai_api.py in one uvicorn process; dall-e-3, 1024x1024 "
+                        f"{'photo-like' if args.image == 'photo' else 'single-colour'} PNG, b64_json, answering "
+                        f"after {args.upstream_latency_ms:g} ms",
             "imageserve": "auth on (IMAGESERVE_API_KEYS), quotas on (tier 'bench': 1,000,000/min, 100,000,000/day), "
-                          "usage ledger in SQLite, [providers.openai] defaults (max_concurrency 16), b64_json",
+                          "usage ledger in SQLite, [providers.openai] defaults (max_concurrency 64), b64_json",
             "litellm": f"proxy, --num_workers 1, master key, no database, LITELLM_LOCAL_MODEL_COST_MAP=True; "
                        f"{MODEL} -> {LITELLM_UPSTREAM}, no response_format sent (refused for OpenAI image models)",
             "client": "official openai AsyncOpenAI, max_retries 0, one client per path, in the benchmark process",
@@ -407,6 +438,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concurrent-requests", type=int, default=200, help="requests per path and round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds at concurrency (median wall time)")
     parser.add_argument("--max-seconds", type=float, default=900, help="the measurement stops after this")
+    parser.add_argument("--upstream-latency-ms", type=float, default=0.0,
+                        help="the emulator answers after this long (a real vendor takes seconds)")
+    parser.add_argument("--image", choices=("flat", "photo"), default="flat",
+                        help="flat: a single-colour PNG of a few KB; photo: a 1.8 MB PNG like a vendor's image")
+    parser.add_argument("--name", default="vendor-overhead", help="result files: NAME.json and NAME.md")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
@@ -414,9 +450,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("counts must be at least 1")
     report = asyncio.run(run(args))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vendor-overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = to_markdown(report)
-    (args.out / "vendor-overhead.md").write_text(markdown)
+    (args.out / f"{args.name}.md").write_text(markdown)
     print(markdown)
     return report
 

@@ -117,7 +117,7 @@ class ProviderSettings(BaseModel):
     retry_backoff_seconds: float = Field(default=0.5, ge=0)  # first wait; doubles on each further retry
     retry_backoff_max_seconds: float = Field(default=8.0, ge=0)
     rate_limit_retry_after_seconds: float = Field(default=20.0, gt=0)  # when a vendor 429 has no Retry-After
-    max_concurrency: int = Field(default=16, ge=1, le=1024)  # upstream calls in flight, over all its models
+    max_concurrency: int = Field(default=64, ge=1, le=1024)  # upstream calls in flight, over all its models
     queue_timeout_seconds: float = Field(default=60.0, gt=0)  # longest wait for one of those slots, then 503
     max_connections: int = Field(default=64, ge=1)
 

@@ -41,3 +41,17 @@ def test_tiny_run_without_litellm_reports_both_paths(tmp_path: Path) -> None:
     markdown = (tmp_path / "vendor-overhead.md").read_text()
     assert report["date"] in markdown and "| litellm | not measured" in markdown
     assert "imageserve added latency p50" in markdown and "goal <= 7 ms" in markdown
+
+
+@pytest.mark.slow
+def test_the_vendor_like_setup_answers_late_with_a_photo_sized_image(tmp_path: Path) -> None:
+    vendor_overhead.main(["--requests", "2", "--warmup", "1", "--concurrency", "4", "--concurrent-requests", "4",
+                          "--rounds", "1", "--upstream-latency-ms", "200", "--image", "photo",
+                          "--name", "vendor-like", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "vendor-like.json").read_text())
+    assert (tmp_path / "vendor-like.md").is_file() and not (tmp_path / "vendor-overhead.json").exists()
+    assert "answering after 200 ms" in report["setup"]["emulator"] and "photo-like" in report["setup"]["emulator"]
+    for image in report["images"].values():  # a photo-sized PNG went through both paths unchanged
+        assert image["size"] == "1024x1024" and image["b64_chars"] > 1_000_000
+    for row in report["sequential"].values():  # no answer can come before the emulator's delay
+        assert row["min_ms"] >= 200
