@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 from openai import AsyncOpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -274,7 +275,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             process.terminate()
             process.wait(timeout=30)
-    busy = re.search(rf'imageserve_device_busy_seconds_total\{{model="{MODEL}"\}} ([0-9.e+]+)', metrics)
+    busy = [sample.value for family in text_string_to_metric_families(metrics)  # summed over the model's devices
+            for sample in family.samples
+            if sample.name == "imageserve_device_busy_seconds_total" and sample.labels.get("model") == MODEL]
     low.pop("raw")
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -286,7 +289,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch_wait_ms": args.batch_wait_ms,
         "low_load": low,
         "saturation": sat,
-        "device_busy_seconds_total": float(busy.group(1)) if busy else None,
+        "device_busy_seconds_total": sum(busy) if busy else None,
     }
 
 

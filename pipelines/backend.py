@@ -3,7 +3,10 @@
 The backend loads its model once (shared by every waiting request, never cancelled by one), queues each
 request's images in the model's `BatchScheduler` (seeds `seed, seed + 1, ...`), and hands batches to the
 device's `DeviceRunner` (`pipelines.runner`): one worker thread owns the device, the event loop only queues
-and awaits. Images come back as uint8 pixel arrays; PIL images, encoding and storage happen in the service.
+and awaits. A model may run on several devices (`LocalModelOptions.devices`): one runner, so one copy of
+the pipeline, per device, all loaded at once and fed from the model's one queue; a device that fails to
+load is reported (`describe()["devices"]`) and the others serve. Images come back as uint8 pixel arrays;
+PIL images, encoding and storage happen in the service.
 The device, by composition: `pipelines.local.DiffusersDevice` (a diffusers pipeline) or
 `pipelines.simulated.SimulatedDevice`.
 """
@@ -57,15 +60,22 @@ class ModelDevice(Protocol):
     simulated card (`pipelines.simulated`). `LocalBackend` does everything else the same way for both."""
 
     def readiness(self, runner: DeviceRunner | None, load_error: str | None) -> Readiness:
-        """Whether the model can run here (weights, device) and in what state, for `/v1/models`."""
+        """Whether the model can run here (weights, device) and in what state, for `/v1/models`. `runner` is
+        one loaded runner (None before the load)."""
         ...
 
     def describe(self, runner: DeviceRunner | None) -> dict[str, Any]:
         """Device, dtype and optimizations for the model card; never raises."""
         ...
 
-    def create_runner(self) -> DeviceRunner:
-        """The device's owner, not loaded yet; raises `ModelUnavailable` (or ValueError) when it cannot run."""
+    def labels(self) -> tuple[str, ...]:
+        """The devices the model runs on, one runner each (e.g. `cuda:0`, `cuda:1`); raises ValueError when a
+        configured device cannot be used here."""
+        ...
+
+    def create_runner(self, label: str) -> DeviceRunner:
+        """The owner of device `label`, not loaded yet; raises `ModelUnavailable` (or ValueError) when it
+        cannot run."""
         ...
 
 
@@ -78,15 +88,19 @@ class LocalBackend:
         self.spec = spec
         self.device = device
         self._options = options
-        self._runner: DeviceRunner | None = None
+        self._runners: dict[str, DeviceRunner] = {}  # the loaded devices
+        self._device_errors: dict[str, str] = {}  # devices that failed to load, while others serve
         self._scheduler: BatchScheduler | None = None
         self._observer = observer  # told (images, device seconds) of every batch, e.g. metrics
         self._loading: asyncio.Future[BatchScheduler] | None = None
         self._retry_load_after = 0.0  # after a failed load, requests get its error until then
         self._load_error: str | None = None
 
+    def _any_runner(self) -> DeviceRunner | None:
+        return next(iter(self._runners.values()), None)
+
     def readiness(self) -> Readiness:
-        return self.device.readiness(self._runner, self._load_error)
+        return self.device.readiness(self._any_runner(), self._load_error)
 
     async def start(self) -> None:
         """Weights load on first use, or at start via `preload`. What `describe` needs from torch (which
@@ -113,22 +127,32 @@ class LocalBackend:
 
     async def _load(self) -> BatchScheduler:
         try:
-            runner = self.device.create_runner()
+            labels = self.device.labels()
+            runners = {label: self.device.create_runner(label) for label in labels}
         except ValueError as exc:  # a setting this machine cannot honour, e.g. device = cuda without CUDA
             raise ModelUnavailable(f"Model '{self.spec.id}' cannot run here: {exc}") from None
-        try:
-            await runner.load()
-        except Exception as exc:
-            runner.close()
-            self._load_error = str(exc) if isinstance(exc, ModelLoadError) else type(exc).__name__
+        outcomes = await asyncio.gather(*(runner.load() for runner in runners.values()), return_exceptions=True)
+        errors: dict[str, str] = {}
+        for (label, runner), outcome in zip(runners.items(), outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                runner.close()
+                errors[label] = str(outcome) if isinstance(outcome, ModelLoadError) else type(outcome).__name__
+                logger.error("could not load model %s on %s: %s", self.spec.id, label, errors[label])
+        del outcomes  # no traceback keeps a failed load's memory alive
+        loaded = {label: runner for label, runner in runners.items() if label not in errors}
+        self._device_errors = errors
+        if not loaded:
+            self._load_error = "; ".join(errors.values()) if len(errors) == 1 else "; ".join(
+                f"{label}: {error}" for label, error in errors.items())
             self._retry_load_after = time.monotonic() + LOAD_RETRY_SECONDS
-            logger.error("could not load model %s: %s", self.spec.id, exc)
-            # No `from exc`: a kept traceback would keep the failed load's memory alive until the retry.
-            raise ModelUnavailable(f"Model '{self.spec.id}' failed to load; see the server log.") from None
+            raise ModelUnavailable(f"Model '{self.spec.id}' failed to load; see the server log.")
+        if errors:
+            logger.warning("model %s serves on %s; %s failed to load", self.spec.id, ", ".join(loaded),
+                           ", ".join(errors))
         self._load_error = None
-        self._runner = runner
+        self._runners = loaded
         self._scheduler = BatchScheduler(
-            runner,
+            loaded,
             max_batch_images=self._options.max_batch_images,
             max_wait_s=self._options.batch_wait_s,
             max_queue_images=self._options.max_queue_images,
@@ -164,6 +188,7 @@ class LocalBackend:
         results = await scheduler.generate(self.batch_key(request), specs, request.request_id)
         batches = {result.batch_id: result.device_ms for result in results}
         device_ms = sum(batches.values())
+        devices = sorted({result.device for result in results})
         return GenerationResult(
             images=[GeneratedImage(pixels=result.output, seed=seed)
                     for result, seed in zip(results, seeds, strict=True)],
@@ -173,14 +198,34 @@ class LocalBackend:
             batch_size=max(result.batch_size for result in results),
             device_ms=round(device_ms, 1),
             queue_ms=round(queue_ms(results, device_ms), 1),
+            device=",".join(devices),
         )
 
     def describe(self) -> dict[str, Any]:
-        return self.device.describe(self._runner)
+        """The device's description, plus `devices`: each device's state and what it has run."""
+        description = self.device.describe(self._any_runner())
+        try:
+            labels = self.device.labels()
+        except ValueError:
+            return description
+        states = self._scheduler.stats.devices if self._scheduler is not None else {}
+        devices = []
+        for label in labels:
+            entry: dict[str, Any] = {"device": label}
+            if label in self._device_errors:
+                entry.update(state="failed", error=self._device_errors[label])
+            elif label in states:
+                done = states[label]
+                entry.update(state="busy" if done.busy else "idle", batches=done.batches, images=done.images,
+                             busy_seconds=round(done.device_seconds, 3))
+            else:
+                entry["state"] = "failed" if self._load_error else "not loaded"
+            devices.append(entry)
+        return {**description, "devices": devices}
 
     async def close(self) -> None:
         if self._scheduler is not None:
             await self._scheduler.close()
-        if self._runner is not None:
-            self._runner.close()
+        for runner in self._runners.values():
+            runner.close()
 

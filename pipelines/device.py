@@ -26,7 +26,7 @@ OLD_DRIVER_WHEEL = "cu126"  # CUDA 12.6 wheels, for drivers older than 580
 
 @dataclass(frozen=True)
 class Placement:
-    device: str  # "cuda" or "cpu"
+    device: str  # "cuda", "cuda:N" or "cpu"
     dtype: str  # "bf16", "fp16" or "fp32"
     reason: str = ""
     requested: str = ""  # the IMAGESERVE_DEVICE value it was chosen for ("" when built directly)
@@ -36,6 +36,10 @@ class Placement:
         import torch
 
         return getattr(torch, DTYPE_NAMES[self.dtype])
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.startswith("cuda")
 
     @property
     def cpu_fallback(self) -> bool:
@@ -109,9 +113,23 @@ def gpu_without_cuda_warning(evidence: str, torch_version: str, torch_cuda: str 
             "instead of cu130 for drivers older than 580), or set IMAGESERVE_DEVICE=cpu to accept the CPU.")
 
 
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def choose_placement(device_setting: str, dtype_setting: str) -> Placement:
-    """`auto` takes CUDA when present. CPU always runs fp32: half precision is slow or unsupported there."""
+    """`auto` takes CUDA when present. CPU always runs fp32: half precision is slow or unsupported there.
+    `cuda:N` names one CUDA device (a model on several devices has one placement per device)."""
     has_cuda = cuda_available()
+    if device_setting.startswith("cuda:"):
+        index = device_setting.removeprefix("cuda:")
+        count = cuda_device_count() if has_cuda else 0
+        if not index.isdigit() or int(index) >= count:
+            seen = f"torch sees {count} CUDA device{'s' * (count != 1)}" if has_cuda else "torch sees no CUDA device"
+            raise ValueError(f"device '{device_setting}' does not exist here: {seen}")
+        return Placement(f"cuda:{int(index)}", dtype_setting, requested=device_setting)
     if device_setting == "cuda" and not has_cuda:
         raise ValueError(
             "IMAGESERVE_DEVICE=cuda but torch sees no CUDA device (is the CUDA build of torch installed?)"
@@ -162,5 +180,6 @@ def device_lock(device: str) -> threading.Lock:
     per-call settings are process-wide (PyTorch's SDPA kernel choice, also toggled by diffusers' attention
     backends), so overlapping calls from two models could leave each other's kernels switched off.
     """
+    key = "cuda:0" if device == "cuda" else device  # plain "cuda" is the first device
     with _DEVICE_LOCKS_GUARD:
-        return _DEVICE_LOCKS.setdefault(device, threading.Lock())
+        return _DEVICE_LOCKS.setdefault(key, threading.Lock())

@@ -36,10 +36,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def free_device_memory(device: str) -> None:
     """Call after the exception (and the tensors its traceback holds) is gone."""
     gc.collect()
-    if device == "cuda":
+    if device.startswith("cuda"):
         import torch
 
-        torch.cuda.empty_cache()
+        with torch.cuda.device(device):
+            torch.cuda.empty_cache()
 
 
 def simulated_oom_callback(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:

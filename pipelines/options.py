@@ -41,14 +41,15 @@ class DeviceProfile:
 FLUX_DEV_H100 = DeviceProfile(step_seconds_base=0.0286, step_seconds_per_megapixel=0.1975)
 
 
-
-
 @dataclass(frozen=True)
 class LocalModelOptions:
     """How one local model (diffusers or simulated) is placed, batched and optimized."""
 
     model_cache: Path
     device: str = "auto"  # "auto", "cuda" or "cpu" (IMAGESERVE_DEVICE)
+    # The devices the model runs on, one copy each: () = the one `device` chooses; "all" = every CUDA device;
+    # or labels: "cuda:0", "cuda:1", "cpu" (diffusers), free labels such as "sim0" (simulated cards).
+    devices: tuple[str, ...] | str = ()
     dtype: str = "bf16"  # on CUDA; the CPU always runs fp32
     max_batch_images: int = 4
     batch_wait_s: float = 0.005  # longest wait to fill a batch on an idle device

@@ -60,6 +60,13 @@ class DeviceRunner(Protocol):
     def close(self) -> None: ...
 
 
+def _use_device(device: str) -> None:
+    if device.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(device)
+
+
 class DiffusersRunner:
     """Runs batches of a loaded pipeline on its own single worker thread."""
 
@@ -69,7 +76,10 @@ class DiffusersRunner:
         self._location = location
         self._model_options = options
         self.placement = placement
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{spec.id}")
+        # The worker thread makes its own device the current one: whatever torch, diffusers or torch.compile
+        # allocate on "the" CUDA device goes to this runner's card when a model runs on several.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{spec.id}-{placement.device}",
+                                            initializer=_use_device, initargs=(placement.device,))
         self._pipe: Any = None
         self._options = options.optimizations
         self.optimizations: AppliedOptimizations | None = None  # set once loaded; shown by /v1/models

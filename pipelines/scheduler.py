@@ -3,6 +3,10 @@
 One scheduler per local model. Jobs are single images. Jobs with the same `BatchKey` (model, size,
 steps, guidance, sequence length) are merged into one runner call, up to `max_batch_images`.
 
+A model may run on several devices (one runner each, e.g. one pipeline copy per GPU). They share the one
+queue: each device has its own loop, and whichever device is free forms the next batch (one at a time, so
+two devices never split a batch that was filling), so no device idles while work is queued.
+
 When to start a batch. A job that arrived while the device was busy has already waited, so when the device
 frees up its batch starts at once with whatever compatible jobs are queued: batching never adds idle time
 to a busy device. On an idle device, a request that arrives when nothing else has arrived for longer than
@@ -21,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -68,6 +72,7 @@ class JobResult:
     device_ms: float
     batch_id: int
     queued_ms: float = 0.0  # from the job's arrival until its batch started on the device
+    device: str = ""  # the label of the device that ran the batch
 
 
 class DeviceOutOfMemory(Exception):
@@ -94,25 +99,41 @@ class BatchRunner(Protocol):
 
 
 @dataclass
+class DeviceStats:
+    """What one device of the model has done."""
+
+    batches: int = 0
+    images: int = 0
+    device_seconds: float = 0.0
+    busy: bool = False  # running a batch now
+
+
+@dataclass
 class SchedulerStats:
     batches: int = 0
     images: int = 0
     device_seconds: float = 0.0
     dropped_jobs: int = 0
     batch_sizes: list[int] = field(default_factory=list)
+    devices: dict[str, DeviceStats] = field(default_factory=dict)
+
+
+BatchCallback = Callable[[str, int, float], None]  # (device label, images in the batch, device seconds)
 
 
 class BatchScheduler:
+    """`runners` is one runner, or several keyed by device label (each batch runs on exactly one of them)."""
+
     def __init__(
         self,
-        runner: BatchRunner,
+        runners: BatchRunner | Mapping[str, BatchRunner],
         *,
         max_batch_images: int,
         max_wait_s: float,
         max_queue_images: int,
         name: str = "model",
         clock: Callable[[], float] = time.monotonic,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: BatchCallback | None = None,
     ) -> None:
         if max_batch_images < 1:
             raise ValueError("max_batch_images must be at least 1")
@@ -120,7 +141,10 @@ class BatchScheduler:
             raise ValueError("max_wait_s must not be negative")
         if max_queue_images < 1:
             raise ValueError("max_queue_images must be at least 1")
-        self._runner = runner
+        self._runners: dict[str, BatchRunner] = (
+            dict(runners) if isinstance(runners, Mapping) else {"default": runners})
+        if not self._runners:
+            raise ValueError("a scheduler needs at least one runner")
         self._max_batch = max_batch_images
         self._max_wait = max_wait_s
         self._max_queue = max_queue_images
@@ -129,33 +153,42 @@ class BatchScheduler:
         self._on_batch = on_batch
         self._queue: list[Job] = []
         self._arrival = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._forming = asyncio.Lock()  # held by the free device that is forming the next batch
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._batch_counter = 0
-        self._device_free_since = float("-inf")
         self._last_arrival = float("-inf")
-        self.stats = SchedulerStats()
+        self.stats = SchedulerStats(devices={label: DeviceStats() for label in self._runners})
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(self._runners)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name=f"scheduler-{self._name}")
+        for label, runner in self._runners.items():
+            if label not in self._tasks:
+                self._tasks[label] = asyncio.create_task(self._loop(label, runner),
+                                                         name=f"scheduler-{self._name}-{label}")
 
     def _restart_if_dead(self) -> None:
-        """The loop should never end; if a bug ever kills it, log why and start a new one, so requests
+        """The loops should never end; if a bug ever kills one, log why and start a new one, so requests
         fail or succeed instead of hanging forever."""
-        if self._task is not None and self._task.done() and not self._task.cancelled():
-            logger.error("model %s: the scheduler loop died; restarting it", self._name,
-                         exc_info=self._task.exception())
-        self._task = None
+        for label, task in list(self._tasks.items()):
+            if task.done():
+                if not task.cancelled():
+                    logger.error("model %s: the scheduler loop of %s died; restarting it", self._name, label,
+                                 exc_info=task.exception())
+                del self._tasks[label]
         self.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks, self._tasks = list(self._tasks.values()), {}
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
         for job in self._queue:
             if not job.future.done():
                 job.future.set_exception(QueueFull("The server is shutting down.", retry_after=10))
@@ -169,7 +202,7 @@ class BatchScheduler:
 
     def submit_many(self, key: BatchKey, specs: Sequence[ImageJobSpec], request_id: str = "") -> list[Job]:
         """Queue all images of one request, or none of them if the queue cannot take them all."""
-        if self._task is None or self._task.done():
+        if len(self._tasks) < len(self._runners) or any(task.done() for task in self._tasks.values()):
             self._restart_if_dead()
         if self.queued_images + len(specs) > self._max_queue:
             raise QueueFull(
@@ -203,7 +236,7 @@ class BatchScheduler:
     def _matching(self, key: BatchKey) -> list[Job]:
         return [job for job in self._queue if job.key == key and not job.future.done()][: self._max_batch]
 
-    async def _next_batch(self) -> list[Job]:
+    async def _next_batch(self, device_free_since: float) -> list[Job]:
         """Wait for work, then for the batch of the oldest job to fill up or its wait to end."""
         while True:
             self._drop_abandoned()
@@ -212,7 +245,7 @@ class BatchScheduler:
             self._arrival.clear()
             await self._arrival.wait()
         head = self._queue[0]
-        arrived_while_busy = head.enqueued_at <= self._device_free_since
+        arrived_while_busy = head.enqueued_at <= device_free_since
         arrived_alone = head.quiet_before > self._max_wait  # nothing else is arriving: do not wait for it
         deadline = self._clock() if arrived_while_busy or arrived_alone else head.enqueued_at + self._max_wait
         while len(self._matching(head.key)) < self._max_batch and not head.future.done():
@@ -229,19 +262,24 @@ class BatchScheduler:
         self._queue = [job for job in self._queue if id(job) not in taken]
         return batch
 
-    async def _loop(self) -> None:
+    async def _loop(self, label: str, runner: BatchRunner) -> None:
+        """One device: while it is free it queues for the right to form the next batch, then runs it."""
+        free_since = float("-inf")
         while True:
-            batch = await self._next_batch()
+            async with self._forming:
+                batch = await self._next_batch(free_since)
             if batch:
-                await self._run(batch)
-                self._device_free_since = self._clock()
+                await self._run(batch, label, runner)
+                free_since = self._clock()
 
-    async def _run(self, batch: list[Job]) -> None:
+    async def _run(self, batch: list[Job], label: str, runner: BatchRunner) -> None:
         self._batch_counter += 1
         batch_id = self._batch_counter
+        device = self.stats.devices[label]
+        device.busy = True
         started = time.perf_counter()
         try:
-            outputs = await self._runner.run_batch(batch[0].key, [job.spec for job in batch])
+            outputs = await runner.run_batch(batch[0].key, [job.spec for job in batch])
             device_s = time.perf_counter() - started
             if isinstance(outputs, TimedOutputs):
                 outputs, device_s = outputs.outputs, outputs.device_seconds
@@ -252,18 +290,21 @@ class BatchScheduler:
                 job.future.cancel()
             raise
         except DeviceOutOfMemory:
-            await self._retry_smaller(batch)
+            await self._retry_smaller(batch, label, runner)
             return
         except Exception as exc:  # noqa: BLE001 - every job of the batch gets a clear error
             self._fail(batch, exc)
             return
-        self._record(len(batch), device_s)
+        finally:
+            device.busy = False
+        self._record(label, len(batch), device_s)
         for job, output in zip(batch, outputs, strict=True):
             if not job.future.done():
                 job.future.set_result(JobResult(output, len(batch), device_s * 1000, batch_id,
-                                                 max(0.0, self._clock() - job.enqueued_at - device_s) * 1000))
+                                                 max(0.0, self._clock() - job.enqueued_at - device_s) * 1000,
+                                                 label))
 
-    async def _retry_smaller(self, batch: list[Job]) -> None:
+    async def _retry_smaller(self, batch: list[Job], label: str, runner: BatchRunner) -> None:
         if len(batch) == 1:
             logger.warning("model %s: one %dx%d image does not fit in device memory", self._name,
                            batch[0].key.width, batch[0].key.height)
@@ -273,12 +314,12 @@ class BatchScheduler:
             ))
             return
         half = len(batch) // 2
-        logger.warning("model %s: batch of %d ran out of device memory; retrying as %d + %d",
-                       self._name, len(batch), half, len(batch) - half)
+        logger.warning("model %s: batch of %d ran out of device memory; retrying as %d + %d (on %s)",
+                       self._name, len(batch), half, len(batch) - half, label)
         for part in (batch[:half], batch[half:]):
             live = [job for job in part if not job.future.done()]
             if live:
-                await self._run(live)
+                await self._run(live, label, runner)
 
     def _fail(self, batch: list[Job], exc: Exception) -> None:
         if isinstance(exc, ImageServeError):
@@ -291,15 +332,19 @@ class BatchScheduler:
             if not job.future.done():
                 job.future.set_exception(error)
 
-    def _record(self, size: int, device_s: float) -> None:
+    def _record(self, label: str, size: int, device_s: float) -> None:
         self.stats.batches += 1
         self.stats.images += size
         self.stats.device_seconds += device_s
+        device = self.stats.devices[label]
+        device.batches += 1
+        device.images += size
+        device.device_seconds += device_s
         self.stats.batch_sizes.append(size)
         if len(self.stats.batch_sizes) > 1000:
             del self.stats.batch_sizes[:500]
         if self._on_batch is not None:
             try:
-                self._on_batch(size, device_s)
+                self._on_batch(label, size, device_s)
             except Exception:  # an observer (metrics) must never stop the device loop
                 logger.exception("model %s: on_batch callback failed", self._name)

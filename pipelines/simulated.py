@@ -10,6 +10,10 @@ and then sleeps out the rest of the batch's device time, which releases the GIL 
 
 This measures the scheduler and the CPU side (encoding, base64, HTTP) at realistic loads on any machine.
 
+Each simulated card has a label (`devices = ["sim0", "sim1"]` runs the model on two cards, one runner each;
+by default a model has a card of its own, `sim-<model id>`). Models given the same label share that card and
+take turns per batch, as models on one GPU do (`pipelines.device.device_lock`).
+
 The FLUX.1-dev on one H100 profile (`FLUX_DEV_H100`, also shipped as
 `benchmarks/profiles/flux-dev-sim-h100.toml`) comes from the published numbers: diffusers bf16 eager
 takes ~6.6 s for one 1024x1024 image (1.048576 MP) at 28 steps, and batching adds only 5-15% throughput
@@ -30,9 +34,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from pipelines.device import device_lock
 from pipelines.options import FLUX_DEV_H100, DeviceProfile, LocalModelOptions
 from pipelines.runner import DeviceRunner
-from pipelines.scheduler import BatchKey, ImageJobSpec
+from pipelines.scheduler import BatchKey, ImageJobSpec, TimedOutputs
 from pipelines.types import LocalModelSpec, Readiness
 
 if TYPE_CHECKING:
@@ -68,13 +73,16 @@ class SimulatedRunner:
         name: str,
         profile: DeviceProfile,
         *,
+        label: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.profile = profile
+        self.label = label or f"sim-{name}"
+        self._lock = device_lock(f"simulated:{self.label}")  # models sharing a card take turns
         self._sleep = sleep
         self._clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"simulated-{name}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"simulated-{name}-{self.label}")
 
     optimizations = None  # nothing to optimize on a simulated device
 
@@ -85,8 +93,15 @@ class SimulatedRunner:
     async def load(self) -> None:
         return None
 
-    async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> list[Any]:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_sync, key, list(specs))
+    async def run_batch(self, key: BatchKey, specs: Sequence[ImageJobSpec]) -> TimedOutputs:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_on_card, key, list(specs))
+
+    def _run_on_card(self, key: BatchKey, specs: list[ImageJobSpec]) -> TimedOutputs:
+        """Timed from when this model has the card, as `DiffusersRunner` times a GPU."""
+        with self._lock:
+            started = time.perf_counter()
+            images = self.run_sync(key, specs)
+            return TimedOutputs(images, time.perf_counter() - started)
 
     def run_sync(self, key: BatchKey, specs: list[ImageJobSpec]) -> list[NDArray[np.uint8]]:
         """Make the images, then wait out the rest of the batch's device time (making them is part of it)."""
@@ -110,10 +125,23 @@ class SimulatedDevice:
         self._options = options
         self.profile = options.profile or FLUX_DEV_H100
 
-    def create_runner(self) -> SimulatedRunner:
-        return SimulatedRunner(self.spec.id, self.profile)
+    def labels(self) -> tuple[str, ...]:
+        configured = self._options.devices
+        if configured == "all":
+            raise ValueError("devices = 'all' means every CUDA device; simulated cards need labels, "
+                             "e.g. devices = ['sim0', 'sim1']")
+        return tuple(configured) or (f"sim-{self.spec.id}",)
+
+    def create_runner(self, label: str) -> SimulatedRunner:
+        return SimulatedRunner(self.spec.id, self.profile, label=label)
 
     def readiness(self, runner: DeviceRunner | None, load_error: str | None) -> Readiness:
+        try:
+            self.labels()
+        except ValueError as exc:
+            return Readiness(False, f"cannot run here: {exc}")
+        if load_error:
+            return Readiness(False, f"failed to load: {load_error}")
         p = self.profile
         return Readiness(True, f"simulated device: {p.step_seconds_base:g} s + {p.step_seconds_per_megapixel:g} s/MP "
                                f"per step, time scale {p.time_scale:g}")

@@ -75,6 +75,7 @@ class GenerationResult:
     device_ms: float | None = None  # local models: pipeline time spent on these images' batches
     queue_ms: float | None = None  # local models: time these images waited in the scheduler, not on the device
     upstream_ms: float | None = None  # vendors: wall time of the call to the vendor (download and checks included)
+    device: str | None = None  # local models: the device (or devices, comma-separated) that ran these images
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -123,7 +124,7 @@ class BackendStats:
     dropped_jobs: int = 0  # queued images dropped because their client went away before they ran
 
 
-BatchObserver = Callable[[int, float], None]  # (images in the batch, device seconds), e.g. metrics
+BatchObserver = Callable[[str, int, float], None]  # (device label, images in the batch, device seconds), e.g. metrics
 
 
 class ImageBackend(Protocol):

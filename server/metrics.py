@@ -91,8 +91,10 @@ class Metrics:
         self.cost = Counter("imageserve_cost_usd", "Cost of delivered images in USD, by model.", ["model"], registry=r)
         self.batch_size = Histogram("imageserve_batch_size", "Images per device batch, by local model.",
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
-        self.device_busy = Counter("imageserve_device_busy_seconds", "Seconds the device spent running batches.",
-                                   ["model"], registry=r)
+        self.device_busy = Counter("imageserve_device_busy_seconds", "Seconds each device spent running the "
+                                   "model's batches, by local model and device.", ["model", "device"], registry=r)
+        self.device_batches = Counter("imageserve_device_batches", "Batches each device ran, by local model and "
+                                      "device.", ["model", "device"], registry=r)
         self.errors = Counter("imageserve_http_errors", "Error answers on every route, by route and error type "
                               "(bad input, bad key and the like included, which never reach a model).",
                               ["route", "type"], registry=r)
@@ -105,15 +107,18 @@ class Metrics:
         """Report these backends' queues (their `stats()`) at scrape time: the local models', which have one."""
         self.registry.register(_LiveCollector(backends))
 
-    def batch_observer(self, model_id: str) -> BatchObserver:
-        """What a local model's backend is built with to report each batch it runs (images, device seconds).
-        Its series appear, at zero, as soon as this is asked for."""
+    def batch_observer(self, model_id: str, devices: tuple[str, ...] = ()) -> BatchObserver:
+        """What a local model's backend is built with to report each batch it runs (device, images, device
+        seconds). Its series (those of `devices`, if known) appear, at zero, as soon as this is asked for."""
         batch_size = self.batch_size.labels(model_id)
-        busy = self.device_busy.labels(model_id)
+        for device in devices:
+            self.device_busy.labels(model_id, device)
+            self.device_batches.labels(model_id, device)
 
-        def observe(images: int, device_seconds: float) -> None:
+        def observe(device: str, images: int, device_seconds: float) -> None:
             batch_size.observe(images)
-            busy.inc(device_seconds)
+            self.device_busy.labels(model_id, device).inc(device_seconds)
+            self.device_batches.labels(model_id, device).inc()
 
         return observe
 

@@ -156,6 +156,8 @@ class ImageService:
             perf["batch_size"] = result.batch_size
         if result.device_ms is not None:
             perf["device_ms"] = result.device_ms
+        if result.device:  # where the batch ran: e.g. "cuda:1", or "cuda:0,cuda:1" for images from two batches
+            perf["device"] = result.device
         # Forwarded models: which vendor model really made the image (ids can be remapped in the settings).
         for key in ("provider", "upstream_model"):
             if key in result.extra:

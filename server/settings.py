@@ -30,6 +30,8 @@ from pipelines.optimizations.plan import OptimizationOptions
 Dtype = Literal["bf16", "fp16", "fp32"]
 # server.backends.factory.BACKEND_FACTORIES has one entry per kind.
 ModelKind = Literal["sd3", "flux", "tiny-sd3", "tiny-flux", "simulated", "openai", "bfl", "ideogram", "google"]
+# A device a local model runs on: "cpu", "cuda", "cuda:N", or a simulated card's free label.
+DeviceLabel = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 # Every settings model: errors name the field but never echo the value (it may be a key or a password),
 # and no float setting may be inf or NaN.
@@ -72,6 +74,9 @@ class ModelSettings(OptimizationOptions):
     description: str | None = None
     extra_params: list[str] | None = None  # e.g. ["seed", "num_inference_steps"] for a model added here
     # Serving fields.
+    # One copy of the model per device, fed from one queue: "all" (every CUDA device), or labels such as
+    # ["cuda:0", "cuda:1"] (free labels such as ["sim0", "sim1"] for kind = "simulated"). Default: one device.
+    devices: Literal["all"] | list[DeviceLabel] | None = None
     max_batch_images: int = Field(default=4, ge=1, le=64)
     dtype: Dtype | None = None  # on CUDA; CPU always runs fp32
     # kind = "simulated" (see pipelines.simulated): a batch waits steps * (base + per_mp * total MP) * time_scale.
@@ -87,6 +92,16 @@ class ModelSettings(OptimizationOptions):
             parse_size(size)
         return value
 
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("devices must name at least one device (or be left out)")
+            if len(set(value)) != len(value):
+                raise ValueError("devices must not name a device twice")
+        return value
+
     @model_validator(mode="after")
     def _fp8_needs_compile(self) -> ModelSettings:
         if self.quantize == "fp8" and self.compile == "off":
@@ -95,7 +110,8 @@ class ModelSettings(OptimizationOptions):
         return self
 
     def registry_fields(self) -> dict[str, Any]:
-        serving = {"max_batch_images", "dtype", "step_seconds_base", "step_seconds_per_megapixel", "time_scale"}
+        serving = {"devices", "max_batch_images", "dtype", "step_seconds_base", "step_seconds_per_megapixel",
+                   "time_scale"}
         serving |= OPTIMIZATION_FIELDS
         return {k: v for k, v in self.model_dump(exclude_none=True).items() if k not in serving}
 

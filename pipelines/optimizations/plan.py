@@ -142,7 +142,7 @@ def plan_optimizations(
 ) -> OptimizationPlan:
     """Decide what applies on `placement`'s device; the keyword hooks let tests pose as another machine."""
     has_package = has_package or (lambda name: importlib.util.find_spec(name) is not None)
-    on_cuda = placement.device == "cuda"
+    on_cuda = placement.on_cuda
     if on_cuda and gpu_capability is None:
         gpu_capability = _gpu_capability()
     off: dict[str, str] = {}

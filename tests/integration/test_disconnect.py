@@ -29,7 +29,7 @@ def test_jobs_of_a_disconnected_client_are_dropped(tmp_path: Path, model_cache: 
         small = {"prompt": "x", "model": "tiny-flux", "size": "256x256", "num_inference_steps": 1}
         assert httpx.post(url, json=small, headers=AUTH, timeout=120).status_code == 200  # loads the model
         backend = server.app.state.backends["tiny-flux"]
-        scheduler, runner = backend._scheduler, backend._runner
+        scheduler, runner = backend._scheduler, next(iter(backend._runners.values()))
         batches_before = scheduler.stats.batches
 
         # Hold the worker thread inside a batch until the test releases it (no timing guesses).

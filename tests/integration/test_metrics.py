@@ -52,13 +52,14 @@ def test_metrics_expose_requests_latency_queue_batches_device_images_and_cost(tm
     assert abs(value("imageserve_cost_usd_total", model="sim") - 0.008) < 1e-9
     assert value("imageserve_batch_size_count", model="sim") == 2
     assert value("imageserve_batch_size_sum", model="sim") == 4
-    assert value("imageserve_device_busy_seconds_total", model="sim") > 0
+    assert value("imageserve_device_busy_seconds_total", model="sim", device="sim-sim") > 0
+    assert value("imageserve_device_batches_total", model="sim", device="sim-sim") == 2
     assert value("imageserve_queue_depth", model="sim") == 0
 
 
 def test_each_app_has_its_own_registry() -> None:
     first, second = Metrics(), Metrics()  # would raise "Duplicated timeseries" on a shared registry
-    first.batch_observer("m")(2, 0.5)
+    first.batch_observer("m")("cuda:0", 2, 0.5)
     assert first.registry.get_sample_value("imageserve_batch_size_count", {"model": "m"}) == 1
     assert second.registry.get_sample_value("imageserve_batch_size_count", {"model": "m"}) is None
 

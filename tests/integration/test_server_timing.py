@@ -44,10 +44,11 @@ def test_a_local_model_answer_says_where_its_time_went(server, auth, response_fo
     _check_consistent(stages, response.json()["perf"])
 
 
-def test_the_perf_block_is_unchanged(server, auth) -> None:
+def test_the_perf_block_keeps_its_fields_and_names_the_device(server, auth) -> None:
     perf = _generate(server, auth, response_format="b64_json").json()["perf"]
     assert set(perf) == {"request_id", "model_used", "size", "quality", "cost_usd", "latency_ms", "batch_size",
-                         "device_ms"}
+                         "device_ms", "device"}
+    assert perf["device"] == "cpu"  # no `devices` setting: the one device IMAGESERVE_DEVICE chose
 
 
 @pytest.mark.parametrize(("headers", "body", "status"), [

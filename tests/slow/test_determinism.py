@@ -76,7 +76,7 @@ def test_a_batch_of_four_concurrent_requests_matches_solo_runs(server, model: st
             request["negative_prompt"] = "blurry" if i % 2 else "dark"
     _pixels(server, model=model, prompt="load the model", seed=1)
     backend = server.app.state.backends[model]
-    runner = backend._runner
+    runner = next(iter(backend._runners.values()))
     run_batch_on_worker = runner._run_sync
     on_device, release = threading.Event(), threading.Event()
 

@@ -66,7 +66,7 @@ def simulated_server(data_dir: Path, **overrides: Any) -> Iterator[RunningServer
 @contextmanager
 def hold(server: RunningServer) -> Iterator[HeldDevice]:
     device = HeldDevice()
-    server.app.state.backends[MODEL]._runner._sleep = device  # the runner's injectable sleep
+    next(iter(server.app.state.backends[MODEL]._runners.values()))._sleep = device  # the runner's injectable sleep
     try:
         yield device
     finally:

@@ -53,7 +53,7 @@ class CountingDevice(DiffusersDevice):
         self.runners: list[SlowLoadingRunner] = []
         self.fail = fail
 
-    def create_runner(self) -> SlowLoadingRunner:
+    def create_runner(self, label: str) -> SlowLoadingRunner:
         runner = SlowLoadingRunner(self.gate, self.fail)
         self.runners.append(runner)
         return runner

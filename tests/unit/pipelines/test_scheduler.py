@@ -223,7 +223,7 @@ def test_constructor_rejects_nonsense_settings() -> None:
 
 
 async def test_a_failing_batch_observer_never_stops_the_scheduler() -> None:
-    def broken_observer(images: int, seconds: float) -> None:
+    def broken_observer(device: str, images: int, seconds: float) -> None:
         raise ValueError("metrics bug")
 
     scheduler = make(FakeRunner(), max_wait_s=0.0, on_batch=broken_observer)
@@ -235,7 +235,7 @@ async def test_a_failing_batch_observer_never_stops_the_scheduler() -> None:
 async def test_a_dead_loop_is_restarted_by_the_next_request() -> None:
     scheduler = make(FakeRunner(), max_wait_s=0.0)
     await scheduler.generate(KEY, specs("a"))
-    scheduler._task.cancel()  # stands in for a bug that ends the loop
+    scheduler._tasks["default"].cancel()  # stands in for a bug that ends the loop
     await asyncio.sleep(0)
     assert [r.output for r in await asyncio.wait_for(scheduler.generate(KEY, specs("b")), 10)] == ["b@0"]
     await scheduler.close()
