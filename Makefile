@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
-	$(PIP) install --quiet -e '.[test,bench,gpu]' "$(TORCHAO)"
+	$(PIP) install --quiet -e '.[test,bench,gpu,ray]' "$(TORCHAO)"
 	touch $@
 
 install: $(VENV)/.installed

@@ -13,7 +13,15 @@ max_batch_images), the issue's goal being >= 0.95 for each N (printed, not asser
 `perf.device` says which device ran it, so the split of work across devices is recorded too.
 
 Writes `scale-out.json` and `.md` (machine and date) under `--out`.
+
+`--compare-ray` measures instead the same model on two cards both ways, in the same run: two devices in one
+process (`devices = ["sim0", "sim1"]`) against two replicas on Ray Serve (`imageserve serve --ray`, a local Ray
+instance, `[models.<id>.ray] num_replicas = 2`): images/s at saturation as above, and at low load (one client,
+sequential requests) the latency added over the profile's device time for one image. Writes
+`ray-vs-process.json` and `.md`; needs `imageserve[ray]`.
+
 Usage: python benchmarks/scale_out.py [--devices 1,2,4] [--time-scale 0.1] [--batches-per-device 10]
+       python benchmarks/scale_out.py --compare-ray [--low-load-requests 20]
 """
 
 from __future__ import annotations
@@ -44,12 +52,16 @@ from pipelines.options import DeviceProfile  # noqa: E402
 GOAL = 0.95
 
 
-def server_config(devices: int, time_scale: float) -> tuple[str, DeviceProfile, int]:
+def server_config(devices: int, time_scale: float, ray_replicas: int = 0) -> tuple[str, DeviceProfile, int]:
+    """The profile on `devices` cards in one process, or (`ray_replicas`) on that many Ray replicas of one card."""
     table = tomllib.loads(PROFILE.read_text())["models"][MODEL]
     table["time_scale"] = time_scale
-    table["devices"] = [f"sim{index}" for index in range(devices)]
+    if not ray_replicas:
+        table["devices"] = [f"sim{index}" for index in range(devices)]
     lines = ["max_queue_images = 1024", f"[models.{MODEL}]"]
     lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+    if ray_replicas:
+        lines += [f"[models.{MODEL}.ray]", f"num_replicas = {ray_replicas}", "num_cpus = 0.5"]
     profile = DeviceProfile(table["step_seconds_base"], table["step_seconds_per_megapixel"], time_scale)
     return "\n".join(lines) + "\n", profile, int(table["max_batch_images"])
 
@@ -125,6 +137,91 @@ async def measure(devices: int, args: argparse.Namespace) -> dict[str, Any]:
     return summarise(results, devices, profile, max_batch, clients)
 
 
+async def low_load(base: str, profile: DeviceProfile, requests: int) -> dict[str, Any]:
+    """One client, sequential requests: what each waits beyond one image's device time on an idle card."""
+    client = AsyncOpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300,
+                         http_client=httpx.AsyncClient(trust_env=False))
+    try:
+        await one_request(client, 99_999)  # warm-up
+        latencies = []
+        for seed in range(requests):
+            result = await one_request(client, 10_000 + seed)
+            latencies.append(result["done"] - result["started"])
+    finally:
+        await client.close()
+    device_s = profile.batch_seconds(STEPS, *SIZE, 1)
+    added = sorted(1000 * (latency - device_s) for latency in latencies)
+    return {"requests": requests, "device_ms_per_image": 1000 * device_s, "added_ms_p50": statistics.median(added),
+            "added_ms_p90": added[int(0.9 * (len(added) - 1))], "added_ms_min": added[0]}
+
+
+async def measure_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Two cards, in one process (`process`) or as two Ray replicas (`ray`): saturation, then low load."""
+    config, profile, max_batch = server_config(2, args.time_scale, ray_replicas=2 if mode == "ray" else 0)
+    clients, requests = 2 * max_batch * 2 + 2, max_batch * 2 * (args.batches_per_device + 5)
+    with tempfile.TemporaryDirectory(prefix=f"scale-out-{mode}-") as tmp:
+        started = time.perf_counter()
+        process, base = launch_imageserve(Path(tmp), config, start_timeout_s=180,
+                                          serve_args=("--ray",) if mode == "ray" else ())
+        start_s = time.perf_counter() - started
+        try:
+            async with asyncio.timeout(args.max_seconds):
+                saturation = summarise(await saturate(base, clients, requests), 2, profile, max_batch, clients)
+                quiet = await low_load(base, profile, args.low_load_requests)
+        finally:
+            process.terminate()  # SIGTERM: `serve --ray` stops Serve and its Ray instance too
+            process.wait(timeout=120)
+    return {"mode": mode, "start_s": start_s, "saturation": saturation, "low_load": quiet}
+
+
+def ray_markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        "# Two simulated cards: one process against two Ray Serve replicas", "",
+        f"Date: {report['date']}. Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs (nproc {m['nproc']}), "
+        f"Python {m['python']}; Ray {report['ray_version']}, a local instance on this machine.",
+        f"Profile: `{PROFILE.relative_to(ROOT)}`, time scale {report['time_scale']}; 1024x1024, 28 steps, "
+        "`b64_json` PNG, batches of up to 4.",
+        f"Command: `{report['command']}`", "",
+        "| mode | start s | achieved images/s | ideal (2 cards) | efficiency | mean batch | added at low load p50 ms "
+        "| p90 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["runs"]:
+        sat, quiet = row["saturation"], row["low_load"]
+        lines.append(f"| {row['mode']} | {row['start_s']:.1f} | {sat['achieved_images_per_s']:.3f} | "
+                     f"{sat['ideal_images_per_s']:.3f} | {sat['efficiency']:.3f} | {sat['batch_size_mean']:.2f} | "
+                     f"{quiet['added_ms_p50']:.1f} | {quiet['added_ms_p90']:.1f} |")
+    runs = {row["mode"]: row for row in report["runs"]}
+    if {"process", "ray"} <= set(runs):
+        cost = runs["ray"]["low_load"]["added_ms_p50"] - runs["process"]["low_load"]["added_ms_p50"]
+        ratio = runs["ray"]["saturation"]["achieved_images_per_s"] / runs["process"]["saturation"][
+            "achieved_images_per_s"]
+        lines += ["", f"What Ray costs here: {cost:+.1f} ms per request at low load (p50), and {ratio:.3f} of the "
+                  "one-process throughput at saturation. Low load: one client, sequential requests, added = "
+                  "client latency - one image's device time.", ""]
+    return "\n".join(lines)
+
+
+def compare_ray(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    import importlib.metadata
+
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "command": " ".join(["python", "benchmarks/scale_out.py", *argv]),
+        "time_scale": args.time_scale,
+        "ray_version": importlib.metadata.version("ray"),
+        "runs": [asyncio.run(measure_mode(mode, args)) for mode in ("process", "ray")],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ray-vs-process.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = ray_markdown(report)
+    (args.out / "ray-vs-process.md").write_text(markdown)
+    print(markdown)
+    return report
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -156,7 +253,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batches-per-device", type=int, default=10, help="batches per device after the ramp")
     parser.add_argument("--max-seconds", type=float, default=600, help="per device count")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--compare-ray", action="store_true", help="two cards in one process vs two Ray replicas")
+    parser.add_argument("--low-load-requests", type=int, default=20, help="sequential requests (--compare-ray)")
     args = parser.parse_args(argv)
+    if args.compare_ray:
+        return compare_ray(args, sys.argv[1:] if argv is None else argv)
     counts = [int(part) for part in args.devices.split(",") if part.strip()]
     if not counts or min(counts) < 1 or args.batches_per_device < 1:
         parser.error("device counts and --batches-per-device must be at least 1")

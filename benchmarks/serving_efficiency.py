@@ -71,16 +71,19 @@ def start_server(workdir: Path, time_scale: float, batch_wait_ms: float) -> tupl
     return launch_imageserve(workdir, "\n".join(lines) + "\n")
 
 
-def launch_imageserve(workdir: Path, config: str, start_timeout_s: float = 120) -> tuple[subprocess.Popen[bytes], str]:
+def launch_imageserve(workdir: Path, config: str, start_timeout_s: float = 120,
+                      serve_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], str]:
     """`imageserve serve` in its own process on a free loopback port with `config` (TOML text), its data and
-    model cache in `workdir`; returns the process and its base URL once `/health` answers."""
+    model cache in `workdir` (`serve_args`, e.g. `--ray`, added to the command); returns the process and its
+    base URL once `/health` answers."""
     (workdir / "config.toml").write_text(config)
     port = _free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("IMAGESERVE_")},
            "IMAGESERVE_DATA_DIR": str(workdir / "data"), "IMAGESERVE_MODEL_CACHE": str(workdir / "cache"),
-           "IMAGESERVE_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
+           "IMAGESERVE_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     process = subprocess.Popen([sys.executable, "-m", "server.cli.main", "--config", str(workdir / "config.toml"),
-                                "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                "serve", "--port", str(port), *serve_args], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL,
                                stderr=open(workdir / "server.log", "wb"))  # noqa: SIM115
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + start_timeout_s

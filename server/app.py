@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.errors import ImageServeError
-from pipelines.types import ImageBackend
+from pipelines.types import BatchObserver, ImageBackend
 from server import __version__
 from server.accounts.authenticator import KeyAuthenticator
 from server.accounts.database import Database
@@ -30,7 +30,7 @@ from server.backends.factory import build_backend
 from server.lifecycle import BackgroundTask, ClosedOnStop, Component, running
 from server.media.storage import ImageStore, load_or_create_signing_key
 from server.metrics import Metrics
-from server.registry import ModelRegistry, build_registry
+from server.registry import ModelRegistry, ModelSpec, build_registry
 from server.service import ImageService, UsageGate
 from server.settings import Settings
 
@@ -39,7 +39,13 @@ logger = logging.getLogger(__name__)
 ROUTERS = (usage_report.router, images.router, models.router, files.router, ops.router)
 
 
-def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
+# Builds the backend of a local model; the default runs it in this process (`build_backend`), the Ray cluster
+# mode gives one that calls the model's replicas (`server.ray_serve`).
+LocalBackendFactory = Callable[[ModelSpec, BatchObserver | None], ImageBackend]
+
+
+def create_app(settings: Settings, usage: UsageGate | None = None, *,
+               local_backends: LocalBackendFactory | None = None) -> FastAPI:
     registry = build_registry(settings)
     if registry.get(settings.default_model) is None:
         raise ValueError(f"IMAGESERVE_DEFAULT_MODEL / default_model: there is no model '{settings.default_model}'; "
@@ -48,7 +54,7 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
     authenticator = key_authenticator(settings, KeyStore(database))
     ledger = UsageLedger(database, settings.tiers)
     metrics = Metrics()
-    backends = build_backends(registry, settings, metrics)
+    backends = build_backends(registry, settings, metrics, local_backends)
     signing_key = load_or_create_signing_key(
         settings.data_dir, settings.url_signing_key.get_secret_value() if settings.url_signing_key else None
     )
@@ -86,12 +92,16 @@ def create_app(settings: Settings, usage: UsageGate | None = None) -> FastAPI:
     return app
 
 
-def build_backends(registry: ModelRegistry, settings: Settings, metrics: Metrics) -> dict[str, ImageBackend]:
+def build_backends(registry: ModelRegistry, settings: Settings, metrics: Metrics,
+                   local_backends: LocalBackendFactory | None = None) -> dict[str, ImageBackend]:
     """One backend per model. Only local models run batches and keep a queue, so only they get those series."""
     backends: dict[str, ImageBackend] = {}
     for spec in registry:
         observer = metrics.batch_observer(spec.id) if spec.is_local else None
-        backends[spec.id] = build_backend(spec, settings, observer=observer)
+        if spec.is_local and local_backends is not None:
+            backends[spec.id] = local_backends(spec, observer)
+        else:
+            backends[spec.id] = build_backend(spec, settings, observer=observer)
     metrics.attach({spec.id: backends[spec.id] for spec in registry if spec.is_local})
     return backends
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from pipelines.errors import ImageServeError
+from pipelines.errors import ImageServeError, QueueFull
 
 MAX_RETRY_AFTER_SECONDS = 86_400.0  # a day: the longest wait a quota window asks for
 
@@ -75,3 +75,13 @@ class ClientClosedRequest(ImageServeError):
     logs and metrics record it (as nginx's 499)."""
 
     type = "client_closed_request"
+
+
+class ReplicaLost(QueueFull):
+    """The replica running the request stopped mid-way (it crashed, or the cluster replaced it): nothing was
+    made or billed, and a retry goes to a live replica. A 503 with `Retry-After`, like a full queue."""
+
+    type = "replica_lost"
+
+    def __init__(self, message: str, *, retry_after: int = 2) -> None:
+        super().__init__(message, retry_after=retry_after, code="replica_lost")

@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from pipelines.optimizations.plan import OptimizationOptions
+from server.ray_settings import RayModelSettings, RaySettings
 
 Dtype = Literal["bf16", "fp16", "fp32"]
 # server.backends.factory.BACKEND_FACTORIES has one entry per kind.
@@ -78,6 +79,7 @@ class ModelSettings(OptimizationOptions):
     # ["cuda:0", "cuda:1"] (free labels such as ["sim0", "sim1"] for kind = "simulated"). Default: one device.
     devices: Literal["all"] | list[DeviceLabel] | None = None
     max_batch_images: int = Field(default=4, ge=1, le=64)
+    ray: RayModelSettings | None = None  # replicas on a Ray cluster (`serve --ray`); see server.ray_settings
     dtype: Dtype | None = None  # on CUDA; CPU always runs fp32
     # kind = "simulated" (see pipelines.simulated): a batch waits steps * (base + per_mp * total MP) * time_scale.
     step_seconds_base: float | None = Field(default=None, ge=0)
@@ -110,7 +112,7 @@ class ModelSettings(OptimizationOptions):
         return self
 
     def registry_fields(self) -> dict[str, Any]:
-        serving = {"devices", "max_batch_images", "dtype", "step_seconds_base", "step_seconds_per_megapixel",
+        serving = {"devices", "ray", "max_batch_images", "dtype", "step_seconds_base", "step_seconds_per_megapixel",
                    "time_scale"}
         serving |= OPTIMIZATION_FIELDS
         return {k: v for k, v in self.model_dump(exclude_none=True).items() if k not in serving}
@@ -266,6 +268,7 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     providers: ProvidersSettings = Field(default_factory=ProvidersSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)  # `serve --ray` only
     # Keys, quotas and the usage ledger (server.accounts.database): SQLite in data_dir unless a URL is given.
     database_url: SecretStr | None = None  # e.g. postgresql://user:pw@host:5432/imageserve
     tiers: dict[str, TierSettings] = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 from typing import Any
 
@@ -75,9 +76,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif placement.cpu_fallback:
         logger.info("no CUDA device: full-size local models (SD3, FLUX) will not load on the CPU unless "
                     "IMAGESERVE_DEVICE=cpu; the tiny models run")
+    if args.ray:
+        return serve_on_ray(args, settings)
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
+
+
+def serve_on_ray(args: argparse.Namespace, settings: Settings) -> int:
+    """`serve --ray`: the same application on Ray Serve (server.ray_serve), if Ray is installed."""
+    from server.ray_serve import INSTALL_HINT
+
+    # Not imported here (nor `ray.serve`, whose spec imports `ray`): Ray reads some of its settings from the
+    # environment when it is imported, and `launch` sets them first.
+    try:
+        found = importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):  # ValueError: a `ray` module without a spec (e.g. blocked in sys.modules)
+        found = False
+    if not found:
+        logger.error("%s", INSTALL_HINT)
+        return 2
+    from server.ray_serve import launch
+    from server.ray_serve.source import settings_source
+
+    overrides = {name: value for name in ("host", "port") if (value := getattr(args, name, None)) is not None}
+    source = settings_source(str(args.config) if args.config is not None else None, overrides)
+    return launch.serve_on_ray(source, host=settings.host, port=settings.port, address=args.ray_address,
+                               app_name=settings.ray.app_name)
 
 
 def add_serve_command(commands: Any) -> None:
@@ -85,5 +110,9 @@ def add_serve_command(commands: Any) -> None:
     serve = commands.add_parser("serve", help="start the HTTP server")
     serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    serve.add_argument("--ray", action="store_true",
+                       help="run on Ray Serve: each local model a deployment of replicas (needs imageserve[ray])")
+    serve.add_argument("--ray-address", default=None,
+                       help="join the Ray cluster at this address (default: $RAY_ADDRESS, else start a local one)")
     add_config_option(serve)
     serve.set_defaults(handler=cmd_serve)
