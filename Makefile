@@ -17,7 +17,7 @@ TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install install-test serve test lint
+.PHONY: install install-test serve test test-fast lint
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ serve: install
 test: install-test
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
+
+# Without the layers that start Ray or run the tiny diffusers pipelines (they still run in `make test` and CI).
+test-fast: install-test
+	$(PY) -m pytest -q -m "not ray and not slow"
 
 lint: install-test
 	$(VENV)/bin/ruff check .
