@@ -28,7 +28,8 @@ from server.api import usage as usage_report
 from server.api.errors import install_error_handlers
 from server.backends.factory import build_backend
 from server.lifecycle import BackgroundTask, ClosedOnStop, Component, running
-from server.media.storage import ImageStore, load_or_create_signing_key
+from server.media.storage import load_or_create_signing_key
+from server.media.stores import build_image_store
 from server.metrics import Metrics
 from server.registry import ModelRegistry, ModelSpec, build_registry
 from server.service import ImageService, UsageGate
@@ -58,8 +59,7 @@ def create_app(settings: Settings, usage: UsageGate | None = None, *,
     signing_key = load_or_create_signing_key(
         settings.data_dir, settings.url_signing_key.get_secret_value() if settings.url_signing_key else None
     )
-    store = ImageStore(settings.data_dir / "images", signing_key, settings.base_url, settings.url_ttl_seconds,
-                       sweep_every=settings.cleanup_interval_seconds)
+    store = build_image_store(settings, signing_key)  # the data dir, or S3 (IMAGESERVE_STORAGE_URL)
     service = ImageService(backends, store, ledger if usage is None else usage, on_outcome=metrics.observe_outcome)
     stale_after = settings.stale_reservation_seconds
     components: list[Component] = [

@@ -85,3 +85,13 @@ class ReplicaLost(QueueFull):
 
     def __init__(self, message: str, *, retry_after: int = 2) -> None:
         super().__init__(message, retry_after=retry_after, code="replica_lost")
+
+
+class StorageUnavailable(QueueFull):
+    """The image store (object storage) did not answer in time or refused to: a 503 with `Retry-After`;
+    the images of the request are not billed."""
+
+    type = "storage_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message, retry_after=retry_after, code="storage_unavailable")

@@ -23,7 +23,7 @@ from pipelines.types import GeneratedImage, GenerationRequest, GenerationResult,
 from server.accounts.credentials import Principal
 from server.accounts.outcome import Outcome
 from server.media.encoding import MIME_TO_FORMAT, encode_pixels, transcode
-from server.media.storage import ImageStore
+from server.media.stored import ImageStore
 from server.registry import ModelSpec
 
 logger = logging.getLogger(__name__)

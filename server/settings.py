@@ -13,7 +13,6 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -27,6 +26,8 @@ from pydantic_settings import (
 
 from pipelines.optimizations.plan import OptimizationOptions
 from server.ray_settings import RayModelSettings, RaySettings
+from server.storage_settings import StorageSettings
+from server.url_checks import check_http_url
 
 Dtype = Literal["bf16", "fp16", "fp32"]
 # server.backends.factory.BACKEND_FACTORIES has one entry per kind.
@@ -42,16 +43,6 @@ _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0
                        r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
 
 
-def check_http_url(value: str, name: str) -> str:
-    """An http(s) URL with a host (and, if given, a numeric port), without a trailing slash."""
-    parts = urlsplit(value)
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
-    except ValueError:
-        raise ValueError(f"{name} has a port that is not a number from 0 to 65535") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{name} must be an http:// or https:// URL with a host")
-    return value.rstrip("/")
 # Per-model speed and memory options: defined once, in pipelines.optimizations (OptimizationOptions).
 OPTIMIZATION_FIELDS = frozenset(OptimizationOptions.model_fields)
 
@@ -247,7 +238,7 @@ DEFAULT_TIERS: dict[str, dict[str, int]] = {
 }
 
 
-class Settings(BaseSettings):
+class Settings(StorageSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGESERVE_", env_nested_delimiter="__", **STRICT)
 
     host: str = "127.0.0.1"
@@ -280,6 +271,8 @@ class Settings(BaseSettings):
     # A quota reservation still pending after this long lost its server (crash) and is given back.
     # Keep it above the longest a request can take (model load + queue + generation + vendor retries).
     stale_reservation_seconds: float = Field(default=900.0, ge=60)
+    # Ledger rows older than this many days are folded into per-day totals and removed (None: keep all).
+    usage_retention_days: int | None = Field(default=None, ge=1, le=36500)
 
     @field_validator("tiers", mode="before")
     @classmethod

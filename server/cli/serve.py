@@ -33,6 +33,26 @@ def check_database(settings: Settings) -> str | None:
     return None
 
 
+def check_storage(settings: Settings) -> str | None:
+    """Make sure generated images can be stored (the data dir, or the S3 bucket: it exists, we can write and
+    delete there) before serving; one line naming the setting if not. Credentials are never printed."""
+    from server.media.storage import load_or_create_signing_key
+    from server.media.stored import StorageSetupError
+    from server.media.stores import build_image_store
+
+    try:
+        key = load_or_create_signing_key(settings.data_dir, settings.url_signing_key.get_secret_value()
+                                         if settings.url_signing_key else None)
+        store = build_image_store(settings, key)
+        store.check()
+    except StorageSetupError as exc:
+        return f"cannot store images: {exc}"
+    except OSError as exc:
+        return f"cannot store images in {settings.data_dir}: {exc.strerror or exc}"
+    logger.info("generated images: %s", store.describe())
+    return None
+
+
 def check_exposure(settings: Settings) -> str | None:
     """Refuse an open server on a non-loopback address; warn loudly on loopback. Returns an error."""
     if env_api_keys(settings):
@@ -62,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import create_app
 
     settings = settings_from_args(args)
-    problem = check_database(settings) or check_exposure(settings)
+    problem = check_database(settings) or check_storage(settings) or check_exposure(settings)
     if problem:
         logger.error(problem)
         return 2

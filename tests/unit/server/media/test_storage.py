@@ -1,4 +1,4 @@
-"""ImageStore and the signing key, directly: races and odd links that HTTP tests cannot time."""
+"""FileImageStore and the signing key, directly: races and odd links that HTTP tests cannot time."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import pytest
 
 from pipelines.errors import ImageServeError
 from server.api.errors import status_of
-from server.media.storage import ImageStore, load_or_create_signing_key
+from server.media.links import LinkSigner
+from server.media.storage import FileImageStore, load_or_create_signing_key
 
 NOW = 1_800_000_000.0
 
 
-def _store(tmp_path: Path) -> ImageStore:
-    return ImageStore(tmp_path / "images", b"k" * 32, "http://127.0.0.1:8000", 3600, clock=lambda: NOW)
+def _store(tmp_path: Path) -> FileImageStore:
+    return FileImageStore(tmp_path / "images", LinkSigner(b"k" * 32), "http://127.0.0.1:8000", 3600, clock=lambda: NOW)
 
 
 def _parts(url: str) -> tuple[str, str, str]:
@@ -30,8 +31,8 @@ def test_a_link_is_valid_for_the_configured_lifetime(tmp_path: Path) -> None:
     store = _store(tmp_path)
     name, expires, sig = _parts(store.save(b"png bytes", "png", "req_img_abc"))
     assert int(expires) == NOW + 3600
-    path, media_type = store.open(name, expires, sig)
-    assert path.read_bytes() == b"png bytes" and media_type == "image/png"
+    stored = store.open(name, expires, sig)
+    assert stored.path.read_bytes() == b"png bytes" and stored.media_type == "image/png"
 
 
 @pytest.mark.parametrize(("part", "value"), [
@@ -61,7 +62,7 @@ def test_the_sweep_never_deletes_an_image_being_saved(tmp_path: Path, monkeypatc
     url = store.save(b"png bytes", "png", "req_img_abc")
     assert swept == [0, 0]
     name, expires, sig = _parts(url)
-    assert store.open(name, expires, sig)[0].exists()
+    assert store.open(name, expires, sig).path.exists()
 
 
 def test_the_sweep_removes_expired_images_and_old_partial_files(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from server.media.storage import ImageStore
+from server.media.links import LinkSigner
+from server.media.storage import FileImageStore
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -21,8 +22,8 @@ async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 async def test_the_sweep_deletes_expired_images_until_stopped(tmp_path: Path) -> None:
     now = [1_800_000_000.0]
-    store = ImageStore(tmp_path / "images", b"k" * 32, "http://127.0.0.1:8000", 60, clock=lambda: now[0],
-                       sweep_every=0.01)
+    store = FileImageStore(tmp_path / "images", LinkSigner(b"k" * 32), "http://127.0.0.1:8000", 60,
+                           clock=lambda: now[0], sweep_every=0.01)
     store.save(b"png", "png", "req_1")
     await store.start()
     try:
@@ -41,7 +42,7 @@ async def test_the_sweep_deletes_expired_images_until_stopped(tmp_path: Path) ->
 
 async def test_a_failed_sweep_is_logged_and_the_next_one_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
-    store = ImageStore(tmp_path / "images", b"k" * 32, "http://127.0.0.1:8000", 60, sweep_every=0.01)
+    store = FileImageStore(tmp_path / "images", LinkSigner(b"k" * 32), "http://127.0.0.1:8000", 60, sweep_every=0.01)
     calls = 0
 
     def flaky() -> int:
