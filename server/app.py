@@ -69,6 +69,8 @@ def create_app(settings: Settings, usage: UsageGate | None = None, *,
                       warmup={model_id for model_id in backends if settings.model_settings(model_id).warmup_sizes}),
         store,  # its expiry sweep
         BackgroundTask("release-stale-reservations", lambda: ledger.release_stale_forever(stale_after)),
+        # IMAGESERVE_USAGE_RETENTION_DAYS: fold old ledger rows into per-day totals (ends at once when unset).
+        BackgroundTask("usage-retention", lambda: ledger.retention_forever(settings.usage_retention_days)),
     ]
 
     @contextlib.asynccontextmanager

@@ -12,6 +12,9 @@ a snapshot without the write lock, so it neither waits behind admissions nor hol
 The schema is created and migrated when the engine is first used: `schema_migrations` holds the applied
 versions, and each migration runs once, in a transaction, under a lock (PostgreSQL: an advisory lock),
 so replicas starting together do not race.
+
+`usage_daily` holds per-day totals of ledger rows folded away by the retention setting
+(server/accounts/retention.py); reports read the ledger and it together.
 """
 
 from __future__ import annotations
@@ -105,15 +108,36 @@ usage_ledger = Table(
 )
 
 
+# Per-day totals of ledger rows older than the retention window (`Settings.usage_retention_days`), added to
+# when they are folded away: what `_totals` in server/accounts/ledger.py would count for those rows.
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("key_id", String(40), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("day", String(10), primary_key=True),  # UTC date, YYYY-MM-DD, as usage_ledger.day
+    Column("images", BigInteger, nullable=False),  # images of the rows with status "ok"
+    Column("cost_usd", Double, nullable=False),  # their cost
+    Column("requests", BigInteger, nullable=False),  # every folded row, whatever its status
+)
+
+
 def _migration_1(conn: Connection) -> None:
     api_keys.create(conn, checkfirst=True)
     usage_ledger.create(conn, checkfirst=True)
+
+
+def _migration_2(conn: Connection) -> None:
+    usage_daily.create(conn, checkfirst=True)
+    # Retention looks for the oldest days first; plain DDL, so usage_ledger's definition (migration 1) stays as is.
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_usage_ledger_day ON usage_ledger (day)"))
 
 
 # (version, description, step). Append only; a step must not depend on the tables' current definitions
 # once a later migration changes them.
 MIGRATIONS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
     (1, "api keys and usage ledger", _migration_1),
+    (2, "per-day usage totals for retention", _migration_2),
 )
 
 
@@ -325,10 +349,26 @@ class Database:
                 self._engine = None
 
 
-def insert_ignore(conn: Connection, table: Table, **values: Any) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING, on SQLite and PostgreSQL alike."""
+def _dialect_insert(conn: Connection, table: Table) -> Any:
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    conn.execute(dialect_insert(table).values(**values).on_conflict_do_nothing())
+    return dialect_insert(table)
+
+
+def insert_ignore(conn: Connection, table: Table, **values: Any) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING, on SQLite and PostgreSQL alike."""
+    conn.execute(_dialect_insert(conn, table).values(**values).on_conflict_do_nothing())
+
+
+def insert_or_add(conn: Connection, table: Table, rows: list[dict[str, Any]], added: tuple[str, ...]) -> None:
+    """INSERT each row, or on a primary-key conflict add its `added` columns to the stored row's (one atomic
+    statement per row: two writers adding to the same row both count)."""
+    if not rows:
+        return
+    statement = _dialect_insert(conn, table)
+    statement = statement.on_conflict_do_update(
+        index_elements=[column.name for column in table.primary_key.columns],
+        set_={name: table.c[name] + statement.excluded[name] for name in added})
+    conn.execute(statement, rows)

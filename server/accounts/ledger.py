@@ -13,6 +13,10 @@ can take (`Settings.stale_reservation_seconds`, 15 minutes by default: there is 
 to derive it from, since a local model may load and queue first). If a slow request is settled after its
 reservation was released, `settle` still records its real outcome, so the ledger and bill stay right.
 
+Rows older than the retention setting are folded into per-day totals (`apply_retention`, and
+`retention_forever` in a running server; server/accounts/retention.py); the reports read both, so they
+stay exact per day.
+
 Times come from an injectable clock, so tests move through minutes and days without sleeping.
 """
 
@@ -26,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select, update
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.errors import ImageServeError
@@ -35,6 +39,7 @@ from server.accounts.credentials import Principal
 from server.accounts.database import Database, api_keys, insert_ignore, usage_ledger
 from server.accounts.outcome import Outcome
 from server.accounts.quotas import DAY, MINUTE, Limits, refusal, seconds_until_fits, tier_limits
+from server.accounts.retention import RETENTION_BATCH_ROWS, RETENTION_CHECK_SECONDS, Cutoff, fold_batch, totals_source
 from server.errors import RateLimitExceeded
 
 logger = logging.getLogger(__name__)
@@ -127,6 +132,38 @@ class UsageLedger:
             logger.warning("gave back the images of %d requests left unsettled by a stopped server", released)
         return released
 
+    def apply_retention(self, days: int, batch_size: int = RETENTION_BATCH_ROWS) -> int:
+        """Fold the rows older than `days` days into per-day totals (one transaction per batch); returns
+        how many rows were folded. Idempotent; safe with other servers folding at the same time."""
+        cutoff = Cutoff(self.clock(), days)
+        folded = 0
+        while batch := self.fold_once(cutoff, batch_size):
+            folded += batch
+        return folded
+
+    def fold_once(self, cutoff: Cutoff, batch_size: int = RETENTION_BATCH_ROWS) -> int:
+        """One batch of `apply_retention`, in its own transaction."""
+        with self.db.transaction() as conn:
+            return fold_batch(conn, cutoff, batch_size)
+
+    async def retention_forever(self, days: int | None, every: float = RETENTION_CHECK_SECONDS) -> None:
+        """`apply_retention(days)` now and then every `every` seconds until cancelled (None: keep every row,
+        return at once). A batch runs in a worker thread, so a cancel waits for one batch at most; a database
+        error waits for the next round."""
+        if days is None:
+            return
+        while True:
+            try:
+                cutoff, folded = Cutoff(self.clock(), days), 0
+                while batch := await asyncio.to_thread(self.fold_once, cutoff):
+                    folded += batch
+                if folded:
+                    logger.info("usage retention: folded %d ledger rows before %s into daily totals", folded,
+                                cutoff.day)
+            except SQLAlchemyError as exc:
+                logger.warning("could not fold old usage rows: %s", str(exc).splitlines()[0])
+            await asyncio.sleep(every)
+
     def settle_sync(self, outcome: Outcome, reserved: int) -> None:
         now = self.clock()
         images = min(outcome.images, reserved) if outcome.status == "ok" else 0
@@ -191,30 +228,29 @@ class UsageLedger:
         return report
 
     def report_all(self, start: dt.date, end: dt.date, by: str = "model") -> list[dict[str, Any]]:
-        """Every key's totals over [start, end], one dict per (key, model) or, with `by="day"`, (key, day)."""
-        if by not in ("model", "day"):
-            raise ValueError(f"by must be 'model' or 'day', not {by!r}")
+        """Every key's totals over [start, end], one dict per (key, model) or, with `by="day"`, (key, day), or
+        with `by="both"`, (key, model, day)."""
+        if by not in ("model", "day", "both"):
+            raise ValueError(f"by must be 'model', 'day' or 'both', not {by!r}")
+        groups = ("model", "day") if by == "both" else (by,)
         with self.db.read() as conn:
-            rows = self._totals(conn, start, end, None, by=(by,))
+            rows = self._totals(conn, start, end, None, by=groups)
             names = {r.key_id: (r.name, r.tier) for r in conn.execute(
                 select(api_keys.c.key_id, api_keys.c.name, api_keys.c.tier))}
         return [{"key_id": r.key_id, "name": names.get(r.key_id, (r.key_id, "?"))[0],
-                 "tier": names.get(r.key_id, ("", "?"))[1], by: getattr(r, by), "images": int(r.images or 0),
-                 "cost_usd": round(float(r.cost_usd or 0), 6), "requests": int(r.requests)} for r in rows]
+                 "tier": names.get(r.key_id, ("", "?"))[1], **{name: getattr(r, name) for name in groups},
+                 "images": int(r.images or 0), "cost_usd": round(float(r.cost_usd or 0), 6),
+                 "requests": int(r.requests)} for r in rows]
 
     @staticmethod
     def _totals(conn: Connection, start: dt.date, end: dt.date, key_id: str | None,
                 by: tuple[str, ...] = ("model", "day")) -> list[Any]:
-        ok = usage_ledger.c.status == "ok"
-        groups = [usage_ledger.c.key_id, *(usage_ledger.c[name] for name in by)]
-        query = select(
-            *groups,
-            func.sum(case((ok, usage_ledger.c.images), else_=0)).label("images"),
-            func.sum(case((ok, usage_ledger.c.cost_usd), else_=0.0)).label("cost_usd"),
-            func.count().label("requests"),
-        ).where(usage_ledger.c.day >= start.isoformat(), usage_ledger.c.day <= end.isoformat())
-        if key_id is not None:
-            query = query.where(usage_ledger.c.key_id == key_id)
+        """Totals per key and `by`: the ledger's rows and the per-day totals folded from older ones, read in
+        one statement (one snapshot, even while a fold commits)."""
+        source = totals_source(start, end, key_id)
+        groups = [source.c.key_id, *(source.c[name] for name in by)]
+        query = select(*groups, func.sum(source.c.images).label("images"),
+                       func.sum(source.c.cost_usd).label("cost_usd"), func.sum(source.c.requests).label("requests"))
         return list(conn.execute(query.group_by(*groups).order_by(*groups)).all())
 
 

