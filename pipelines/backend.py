@@ -14,6 +14,7 @@ The device, by composition: `pipelines.local.DiffusersDevice` (a diffusers pipel
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -172,8 +173,10 @@ class LocalBackend:
     def batch_key(self, request: GenerationRequest) -> BatchKey:
         steps = request.num_inference_steps or self.spec.default_steps or 28
         guidance = request.guidance_scale if request.guidance_scale is not None else self.spec.default_guidance
+        edit = request.edit
         return BatchKey(self.spec.id, request.width, request.height, steps, float(guidance or 0.0),
-                        self.spec.max_sequence_length)
+                        self.spec.max_sequence_length, mode=edit.mode if edit else "generate",
+                        strength=edit.strength if edit else 0.0)
 
     @staticmethod
     def seeds_for(request: GenerationRequest) -> list[int]:
@@ -184,7 +187,11 @@ class LocalBackend:
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         scheduler = await self._ensure_loaded()
         seeds = self.seeds_for(request)
-        specs = [ImageJobSpec(request.prompt, seed, request.negative_prompt) for seed in seeds]
+        image, mask = (request.edit.image, request.edit.mask) if request.edit else (None, None)
+        previews = request.partial_images if request.on_preview is not None else 0
+        specs = [ImageJobSpec(request.prompt, seed, request.negative_prompt, image, mask, previews,
+                              functools.partial(request.on_preview, index) if previews else None)
+                 for index, seed in enumerate(seeds)]
         results = await scheduler.generate(self.batch_key(request), specs, request.request_id)
         batches = {result.batch_id: result.device_ms for result in results}
         device_ms = sum(batches.values())

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from pipelines.device import Placement, device_lock
+from pipelines.editing import MODES, edit_arguments, edit_pipeline
 from pipelines.loading import WeightsLocation, load_pipeline
 from pipelines.memory import free_device_memory, is_out_of_memory, simulated_oom_callback
 from pipelines.optimizations import (
@@ -30,6 +31,7 @@ from pipelines.optimizations import (
 )
 from pipelines.options import LocalModelOptions
 from pipelines.pixels import to_pixels
+from pipelines.previews import PreviewTap
 from pipelines.scheduler import BatchKey, DeviceOutOfMemory, ImageJobSpec, TimedOutputs
 from pipelines.types import (
     LocalModelSpec,
@@ -81,6 +83,7 @@ class DiffusersRunner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{spec.id}-{placement.device}",
                                             initializer=_use_device, initargs=(placement.device,))
         self._pipe: Any = None
+        self._edit_pipes: dict[str, Any] = {}  # mode -> its pipeline, sharing self._pipe's components
         self._options = options.optimizations
         self.optimizations: AppliedOptimizations | None = None  # set once loaded; shown by /v1/models
         self._last_call_s = 0.0  # device time of the latest pipeline call, failed or not
@@ -148,9 +151,15 @@ class DiffusersRunner:
             arguments["max_sequence_length"] = key.max_sequence_length
         if "negative_prompt" in self._spec.extra_params:
             arguments["negative_prompt"] = [spec.negative_prompt or "" for spec in specs]
+        if key.mode in MODES:
+            arguments.update(edit_arguments(key.mode, key.strength, [spec.image for spec in specs],
+                                            [spec.mask for spec in specs]))
         limit = self._options.debug_oom_above_images
         if limit is not None and len(specs) > limit:
             arguments["callback_on_step_end"] = simulated_oom_callback
+        elif any(spec.previews for spec in specs):  # streaming: decode previews for the jobs that asked
+            arguments["callback_on_step_end"] = PreviewTap(self._spec.kind, key.width, key.height, key.steps, specs)
+            arguments["callback_on_step_end_tensor_inputs"] = ["latents"]
         return arguments
 
     def _call_pipeline(self, key: BatchKey, specs: list[ImageJobSpec]) -> TimedOutputs:
@@ -164,10 +173,18 @@ class DiffusersRunner:
             started = time.perf_counter()
             try:
                 with self.optimizations.call_context():
-                    pixels = to_pixels(self._pipe(**self._call_arguments(key, specs)).images)
+                    pixels = to_pixels(self._pipeline_for(key.mode)(**self._call_arguments(key, specs)).images)
             finally:
                 self._last_call_s = time.perf_counter() - started
         return TimedOutputs(list(pixels), self._last_call_s)
+
+    def _pipeline_for(self, mode: str) -> Any:
+        """The text-to-image pipeline, or its edit twin (made on first use, on this worker thread)."""
+        if mode not in MODES:
+            return self._pipe
+        if mode not in self._edit_pipes:
+            self._edit_pipes[mode] = edit_pipeline(self._pipe, mode)
+        return self._edit_pipes[mode]
 
     def _generate(self, key: BatchKey, specs: list[ImageJobSpec]) -> TimedOutputs:
         """A call. If it fails inside torch.compile, it is retried eagerly: when that works the failure was the

@@ -44,6 +44,8 @@ class BatchKey:
     steps: int
     guidance: float
     max_sequence_length: int | None = None
+    mode: str = "generate"  # "generate", "img2img" (edits without a mask, variations) or "inpaint"
+    strength: float = 0.0  # edits: how far from the input image
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,10 @@ class ImageJobSpec:
     prompt: str
     seed: int
     negative_prompt: str | None = None
+    image: Any = field(default=None, compare=False)  # edits: the input pixels (H, W, 3) uint8
+    mask: Any = field(default=None, compare=False)  # inpainting: (H, W) bool, True where to repaint
+    previews: int = 0  # streaming: previews of this image to decode along the way
+    on_preview: Any = field(default=None, compare=False)  # called (preview index, uint8 pixels) from the device
 
 
 @dataclass(eq=False)

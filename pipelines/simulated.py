@@ -62,6 +62,16 @@ def synthesize_pixels(width: int, height: int, seed: int) -> NDArray[np.uint8]:
     return pixels
 
 
+def edited_pixels(source: NDArray[np.uint8], made: NDArray[np.uint8], mask: NDArray[np.bool_] | None,
+                  strength: float) -> NDArray[np.uint8]:
+    """A simulated edit: `source` blended towards `made` by `strength`, only where `mask` is set (if given)."""
+    import numpy as np
+
+    blended = (source.astype(np.float32) * (1 - strength) + made.astype(np.float32) * strength).round()
+    out = blended.clip(0, 255).astype(np.uint8)
+    return np.where(mask[:, :, None], out, source) if mask is not None else out
+
+
 class SimulatedRunner:
     """Owns the simulated device: one worker thread, like `DiffusersRunner`, so batches never overlap.
 
@@ -108,6 +118,13 @@ class SimulatedRunner:
         started = self._clock()
         device_s = self.profile.batch_seconds(key.steps, key.width, key.height, len(specs))
         images = [synthesize_pixels(key.width, key.height, spec.seed) for spec in specs]
+        for spec, image in zip(specs, images, strict=True):  # streaming: coarse previews of what is coming
+            for index in range(spec.previews):
+                spec.on_preview(index, image[:: 2 ** (spec.previews - index), :: 2 ** (spec.previews - index)]
+                                .repeat(2 ** (spec.previews - index), 0).repeat(2 ** (spec.previews - index), 1))
+        if key.mode != "generate":  # an edit: the input, moved towards the new pixels by `strength`
+            images = [edited_pixels(spec.image, image, spec.mask, key.strength) for spec, image in zip(specs, images,
+                                                                                                      strict=True)]
         remaining = device_s - (self._clock() - started)
         if remaining > 0:
             self._sleep(remaining)

@@ -30,6 +30,24 @@ def split_size(text: str) -> tuple[int, int] | None:
     return (int(match[1]), int(match[2])) if match else None
 
 
+PreviewCallback = Callable[[int, int, "NDArray[np.uint8]"], None]
+
+
+@dataclass(frozen=True, eq=False)
+class ImageEdit:
+    """What an edit or a variation starts from: the input image, already at the request's size, and where to
+    repaint. No mask: image-to-image over the whole picture (an edit without a mask, or a variation)."""
+
+    image: NDArray[np.uint8]  # (height, width, 3)
+    mask: NDArray[np.bool_] | None = None  # (height, width), True where the model repaints
+    strength: float = 0.7  # 0: keep the input, 1: ignore it
+    variation: bool = False  # a variation (no prompt) rather than an edit
+
+    @property
+    def mode(self) -> str:
+        return "inpaint" if self.mask is not None else "img2img"
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """A validated request, normalised: size already split, defaults filled in."""
@@ -47,6 +65,11 @@ class GenerationRequest:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     user: str | None = None
+    edit: ImageEdit | None = field(default=None, compare=False)  # edits and variations; None: text-to-image
+    # Streaming: previews per image (0-3), handed to `on_preview(image index, preview index, pixels)` from the
+    # device's thread as they are decoded; the final images come back as usual.
+    partial_images: int = 0
+    on_preview: PreviewCallback | None = field(default=None, compare=False)
 
     @property
     def size(self) -> str:

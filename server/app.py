@@ -23,10 +23,11 @@ from server.accounts.database import Database
 from server.accounts.keys import KeyStore
 from server.accounts.ledger import UsageLedger
 from server.accounts.setup import database_url, key_authenticator
-from server.api import files, images, models, ops
+from server.api import edits, files, images, models, ops
 from server.api import usage as usage_report
 from server.api.errors import install_error_handlers
 from server.backends.factory import build_backend
+from server.content_policy import ContentPolicy
 from server.lifecycle import BackgroundTask, ClosedOnStop, Component, running
 from server.media.storage import load_or_create_signing_key
 from server.media.stores import build_image_store
@@ -37,7 +38,7 @@ from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-ROUTERS = (usage_report.router, images.router, models.router, files.router, ops.router)
+ROUTERS = (usage_report.router, images.router, edits.router, models.router, files.router, ops.router)
 
 
 # Builds the backend of a local model; the default runs it in this process (`build_backend`), the Ray cluster
@@ -60,11 +61,14 @@ def create_app(settings: Settings, usage: UsageGate | None = None, *,
         settings.data_dir, settings.url_signing_key.get_secret_value() if settings.url_signing_key else None
     )
     store = build_image_store(settings, signing_key)  # the data dir, or S3 (IMAGESERVE_STORAGE_URL)
-    service = ImageService(backends, store, ledger if usage is None else usage, on_outcome=metrics.observe_outcome)
+    policy = ContentPolicy(settings.content_policy) if settings.content_policy.enabled else None  # [content_policy]
+    service = ImageService(backends, store, ledger if usage is None else usage, on_outcome=metrics.observe_outcome,
+                           policy=policy)
     stale_after = settings.stale_reservation_seconds
     components: list[Component] = [
         AccountsDatabase(database, authenticator, ledger, stale_after),
         ClosedOnStop(service.close),  # its encoder threads
+        *([policy] if policy is not None else []),  # its moderation service's HTTP client
         ModelBackends(backends, registry, settings.preload,
                       warmup={model_id for model_id in backends if settings.model_settings(model_id).warmup_sizes}),
         store,  # its expiry sweep

@@ -95,3 +95,25 @@ class StorageUnavailable(QueueFull):
 
     def __init__(self, message: str, *, retry_after: int = 5) -> None:
         super().__init__(message, retry_after=retry_after, code="storage_unavailable")
+
+
+class PayloadTooLarge(ImageServeError):
+    """A request body (or one part of it, e.g. an uploaded image) over its configured size: refused while it is
+    read, before any of it is parsed. `param` names what was too large; `limit` is the allowance in bytes."""
+
+    type = "payload_too_large"
+
+    def __init__(self, message: str, *, param: str | None = None, limit: int | None = None) -> None:
+        super().__init__(message, param=param, code="payload_too_large")
+        self.limit = limit
+
+
+class PolicyUnavailable(QueueFull):
+    """The content policy's moderation service did not answer (or answered an error) and the policy fails
+    closed: a 503 with `Retry-After`; nothing was made or billed."""
+
+    type = "policy_unavailable"
+
+    def __init__(self, message: str = "The content policy service is unavailable; please try again later.", *,
+                 retry_after: int = 5) -> None:
+        super().__init__(message, retry_after=retry_after, code="policy_unavailable")

@@ -39,6 +39,11 @@ class ModelSpec:
     default_steps: int | None = None
     default_guidance: float | None = None
     max_sequence_length: int | None = None
+    # Local models: whether a mask may be given to /v1/images/edits (tiny-sd3's 4-channel test VAE cannot:
+    # diffusers' SD3 inpainting pipeline takes 16 or 33 latent channels, as the real SD3 has).
+    inpainting: bool = True
+    # Hosted models: whether edits and variations are forwarded (local models always take them).
+    edits: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -84,6 +89,7 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         max_images=10,
         price_usd=0.020,
         price_by_size={"256x256": 0.016, "512x512": 0.018, "1024x1024": 0.020},
+        edits=True,
         description="OpenAI DALL-E 2, forwarded to OpenAI",
     ),
     ModelSpec(
@@ -160,6 +166,7 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         default_steps=4,
         default_guidance=7.0,
         max_sequence_length=256,
+        inpainting=False,
         description=f"StableDiffusion3Pipeline with {_TINY_NOTE}",
     ),
     ModelSpec(

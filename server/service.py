@@ -1,9 +1,10 @@
 """The image service: a validated request in, an OpenAI-format answer (plus `perf`) out.
 
-The HTTP edge validates the body and resolves the model (`server.api.protocol`), then calls this. It admits
-the request (quotas), asks the model's backend for images, encodes and stores them off the event loop (so
-the GPU thread never waits on PNG encoding), prices the result and settles the usage ledger. Quotas and the
-ledger plug in through `UsageGate`; the service knows nothing of HTTP.
+The HTTP edge validates the body and resolves the model (`server.api.protocol`), then calls this. It checks
+a local model's request against the content policy (`ContentCheck`, if any), admits the request (quotas), asks
+the model's backend for images, encodes and stores them off the event loop (so the GPU thread never waits on
+PNG encoding), prices the result and settles the usage ledger. Quotas and the ledger plug in through
+`UsageGate`; the service knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ class UsageGate(Protocol):
         ...
 
 
+class ContentCheck(Protocol):
+    """A content policy for local models (`server.content_policy.ContentPolicy`): it returns, or raises to
+    refuse. Run before quota admission, so a refusal reserves and bills nothing."""
+
+    async def check(self, request: GenerationRequest, request_id: str) -> None: ...
+
+
 class NoUsageLimits:
     async def admit(self, principal: Principal, request: GenerationRequest) -> None:
         return None
@@ -81,11 +89,13 @@ class ImageService:
         store: ImageStore,
         usage: UsageGate | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
+        policy: ContentCheck | None = None,
     ) -> None:
         self.backends = backends
         self.store = store
         self.usage: UsageGate = usage or NoUsageLimits()
         self.on_outcome = on_outcome  # metrics: every request that named a known model, admitted or not
+        self.policy = policy  # local models only: vendors apply their own
         # Encoding has its own threads, one per core: a burst of big images then cannot starve the default
         # pool that key lookups and quota admission use, nor oversubscribe the CPU.
         self._encoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="encode")
@@ -96,10 +106,12 @@ class ImageService:
     async def generate(
         self, request: GenerationRequest, spec: ModelSpec, delivery: Delivery, principal: Principal
     ) -> Answer:
-        """Admit, generate, encode and store, price and settle one validated request."""
+        """Check (content policy), admit, generate, encode and store, price and settle one validated request."""
         started = time.perf_counter()
         request_id = request.request_id
         try:
+            if self.policy is not None and spec.is_local:
+                await self.policy.check(request, request_id)
             await self.usage.admit(principal, request)
         except (ImageServeError, asyncio.CancelledError) as exc:  # refused, or the client left while it was decided
             if self.on_outcome is not None:

@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from pipelines.optimizations.plan import OptimizationOptions
+from server.policy_settings import ContentPolicySettings
 from server.ray_settings import RayModelSettings, RaySettings
 from server.storage_settings import StorageSettings
 from server.url_checks import check_http_url
@@ -271,6 +272,13 @@ class Settings(StorageSettings, BaseSettings):
     # A quota reservation still pending after this long lost its server (crash) and is given back.
     # Keep it above the longest a request can take (model load + queue + generation + vendor retries).
     stale_reservation_seconds: float = Field(default=900.0, ge=60)
+    # Request bodies: JSON bodies above this are refused with 413 while being read; each uploaded image (edits,
+    # variations) likewise; decoded images above this many pixels are refused (decompression bombs).
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=65_536)
+    variation_strength: float = Field(default=0.7, gt=0, le=1)  # how far a local model's variation departs
+    content_policy: ContentPolicySettings = Field(default_factory=ContentPolicySettings)
     # Ledger rows older than this many days are folded into per-day totals and removed (None: keep all).
     usage_retention_days: int | None = Field(default=None, ge=1, le=36500)
 

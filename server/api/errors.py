@@ -24,6 +24,8 @@ from server.errors import (
     LinkExpired,
     LinkForbidden,
     NotFound,
+    PayloadTooLarge,
+    PolicyUnavailable,
     RateLimitExceeded,
     UpstreamError,
 )
@@ -40,11 +42,13 @@ STATUS: dict[type[ImageServeError], int] = {
     LinkForbidden: 403,
     NotFound: 404,
     LinkExpired: 410,
+    PayloadTooLarge: 413,
     RateLimitExceeded: 429,
     ClientClosedRequest: 499,
     GenerationFailed: 500,
     UpstreamError: 502,
     ModelUnavailable: 503,
+    PolicyUnavailable: 503,  # a QueueFull: Retry-After comes with it
     QueueFull: 503,
     OutOfDeviceMemory: 503,
     ImageServeError: 500,

@@ -13,9 +13,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from server.accounts.credentials import Principal
+from server.api.body import read_limited
 from server.api.deps import Authenticated, ImageRequestId, with_cancellation
 from server.api.errors import REQUEST_ID_HEADER
 from server.api.protocol import ImageGenerationBody, parse_body, to_generation_request
+from server.api.streaming import stream_images
 from server.api.timing import TimedRoute, record_stages
 from server.service import Answer, Delivery
 
@@ -23,8 +25,9 @@ router = APIRouter(route_class=TimedRoute)
 
 
 async def generation_body(request: Request) -> ImageGenerationBody:
-    """The body, parsed by hand: our 400s naming the parameter, never FastAPI's 422."""
-    return parse_body(await request.body())
+    """The body, parsed by hand: our 400s naming the parameter, never FastAPI's 422. One over
+    `max_json_bytes` is refused with a 413 while it is read (`server.api.body`), before any of it is parsed."""
+    return parse_body(await read_limited(request, request.app.state.settings.max_json_bytes, "body"))
 
 
 GenerationBody = Annotated[ImageGenerationBody, Depends(generation_body)]
@@ -40,6 +43,9 @@ _REQUEST_BODY = {"requestBody": {
 async def generate_images(
     request: Request, request_id: ImageRequestId, principal: Authenticated, body: GenerationBody
 ) -> Any:
+    if body.stream:
+        generation, spec, delivery = _request(request, body, request_id)
+        return await stream_images(request, generation, spec, delivery, principal, request_id)
     answer = await _generate(request, body, principal, request_id)
     # A response with several base64 images is megabytes of JSON: render it off the event loop.
     rendered = await asyncio.to_thread(render_json, answer.body)
@@ -54,11 +60,16 @@ async def _generate(
     """The cancellable part. Rendering the answer is not: by then the images are made and accounted for."""
     # Image links use IMAGESERVE_PUBLIC_URL, else the address this client reached us at: a server
     # listening on 0.0.0.0 (e.g. in Docker) must not hand out links to 127.0.0.1.
+    generation, spec, delivery = _request(request, body, request_id)
+    return await request.app.state.service.generate(generation, spec, delivery, principal)
+
+
+def _request(request: Request, body: ImageGenerationBody, request_id: str) -> tuple[Any, Any, Delivery]:
     state = request.app.state
     generation, spec = to_generation_request(body, state.registry, state.settings.default_model, request_id)
     delivery = Delivery(output_format=body.output_format, compression=body.output_compression, b64=body.wants_b64,
                         link_base=state.settings.public_url or str(request.base_url))
-    return await state.service.generate(generation, spec, delivery, principal)
+    return generation, spec, delivery
 
 
 def render_json(payload: dict[str, Any]) -> bytes:

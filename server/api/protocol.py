@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from pipelines.types import SEED_MAX, GenerationRequest, split_size
 from server.errors import InvalidRequest
@@ -35,6 +35,8 @@ class ImageGenerationBody(BaseModel):
     user: StrictStr | None = Field(default=None, max_length=256)
     output_format: Literal["png", "jpeg", "webp"] | None = None
     output_compression: StrictInt | None = Field(default=None, ge=0, le=100)
+    stream: StrictBool | None = None  # server-sent events: previews, then the completed images
+    partial_images: StrictInt | None = Field(default=None, ge=0, le=3)
     # Extensions, sent by clients as extra body keys.
     negative_prompt: StrictStr | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     seed: StrictInt | None = Field(default=None, ge=0, le=SEED_MAX)
@@ -98,6 +100,11 @@ def parse_body(raw: bytes) -> ImageGenerationBody:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {_describe(payload)}.")
+    return parse_fields(payload)
+
+
+def parse_fields(payload: dict[str, Any]) -> ImageGenerationBody:
+    """Decoded fields (a JSON object, or a multipart form's text fields with numbers parsed) to a typed body."""
     try:
         return ImageGenerationBody.model_validate(payload)
     except ValidationError as exc:
@@ -125,6 +132,11 @@ def _parse_size(size: str, spec: ModelSpec) -> tuple[int, int]:
 
 
 def _check_model_rules(body: ImageGenerationBody, spec: ModelSpec) -> None:
+    if body.partial_images and not body.stream:
+        raise InvalidRequest("'partial_images' needs 'stream': true.", param="partial_images")
+    if body.stream and body.response_format == "url":
+        raise InvalidRequest("A streamed answer carries its images as base64: leave out response_format=url.",
+                             param="response_format")
     n = body.n or 1
     if n > spec.max_images:
         detail = "only n=1 is supported" if spec.max_images == 1 else f"n must be between 1 and {spec.max_images}"
@@ -165,5 +177,6 @@ def to_generation_request(
         num_inference_steps=body.num_inference_steps,
         guidance_scale=float(body.guidance_scale) if body.guidance_scale is not None else None,
         user=body.user,
+        partial_images=(body.partial_images or 0) if spec.is_local else 0,
     )
     return request, spec

@@ -11,7 +11,7 @@ from pipelines.errors import ImageServeError
 from pipelines.types import BackendStats, GeneratedImage, GenerationRequest, GenerationResult, Readiness
 from server.backends.vendors.connection import PROVIDER_NAMES, Vendor, VendorPool
 from server.backends.vendors.connection import inspect_image as inspect_image
-from server.errors import UpstreamError
+from server.errors import InvalidRequest, UpstreamError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Sequence
@@ -67,6 +67,8 @@ class VendorBackend:
         raise NotImplementedError
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
+        if request.edit is not None and not self.spec.edits:  # the API refuses these first; never generate instead
+            raise InvalidRequest(f"Model '{self.spec.id}' cannot edit images through this server.", param="model")
         if self._vendor is None:  # the service starts backends, but a lazy start costs nothing
             await self.start()
         assert self._vendor is not None

@@ -29,6 +29,19 @@ from server.settings import OpenAIProviderSettings
 
 logger = logging.getLogger(__name__)
 
+
+def encode_rgba(pixels: Any, transparent: Any = None) -> bytes:
+    """uint8 RGB pixels as a PNG; with `transparent` (a bool mask), those pixels fully transparent."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    alpha = np.full(pixels.shape[:2], 255, np.uint8) if transparent is None else np.where(transparent, 0, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(np.dstack([pixels, alpha.astype(np.uint8)])).save(buffer, "PNG")
+    return buffer.getvalue()
+
 GPT_IMAGE_QUALITY = {"standard": "medium", "hd": "high"}
 _POLICY_CODES = {"content_policy_violation", "moderation_blocked"}
 
@@ -103,14 +116,33 @@ class OpenAIImagesBackend(VendorBackend):
         params["size"] = f"{size[0]}x{size[1]}"
         return params, size
 
+    @staticmethod
+    def edit_params(request: GenerationRequest, params: dict[str, Any]) -> dict[str, Any]:
+        """`images.edit` / `images.create_variation` arguments: the input as a PNG (its mask, as OpenAI wants it, a
+        PNG whose transparent pixels mark where to edit), no `style` or `quality`."""
+        edit = request.edit
+        assert edit is not None
+        params = {k: v for k, v in params.items() if k not in ("style", "quality")}
+        params["image"] = ("image.png", encode_rgba(edit.image), "image/png")
+        if edit.variation:
+            params.pop("prompt", None)
+        elif edit.mask is not None:
+            params["mask"] = ("mask.png", encode_rgba(edit.image, transparent=edit.mask), "image/png")
+        return params
+
     async def _generate(self, vendor: Vendor, request: GenerationRequest):
         client = self._client(vendor)
         params, _ = self.request_params(request)
         what = "image generation request"
+        call = client.images.generate
+        if request.edit is not None:
+            params = self.edit_params(request, params)
+            call = client.images.create_variation if request.edit.variation else client.images.edit
+            what = "image variation request" if request.edit.variation else "image edit request"
 
         async def attempt() -> Any:
             try:
-                return await client.images.generate(**params)
+                return await call(**params)
             except openai.APITimeoutError:
                 raise RetryableError(f"timed out after {self.config.timeout_seconds:g}s") from None
             except openai.APIConnectionError:

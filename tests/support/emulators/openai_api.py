@@ -45,9 +45,60 @@ KNOWN_PARAMS = {
 }
 
 
+def _png_size(data: bytes) -> tuple[int, int]:
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 class OpenAIEmulator(EmulatorBase):
     def routes(self) -> list[Route]:
-        return [Route("/v1/images/generations", self.generate, methods=["POST"])]
+        return [Route("/v1/images/generations", self.generate, methods=["POST"]),
+                Route("/v1/images/edits", self.edit, methods=["POST"]),
+                Route("/v1/images/variations", self.variation, methods=["POST"])]
+
+    async def edit(self, request: Request) -> Response:
+        return await self._from_image(request, "edit")
+
+    async def variation(self, request: Request) -> Response:
+        return await self._from_image(request, "variation")
+
+    async def _from_image(self, request: Request, route: str) -> Response:
+        """dall-e-2 edits and variations, multipart: `image` a square PNG under 4 MB (RGBA for an edit without a
+        mask), `mask` a PNG of the same size with transparency, `prompt` for edits, `n` 1-10, DALL-E 2 sizes.
+        The answer is the generation's shape; the image is recorded (as bytes) for the tests."""
+        rec, scripted = await self.record(route, request)  # scripted failures apply here too
+        if scripted is not None:
+            return scripted
+        form = await request.form()
+        fields = {name: value for name, value in form.multi_items() if not hasattr(value, "read")}
+        files = {name: await value.read() for name, value in form.multi_items() if hasattr(value, "read")}
+        rec.body = {**fields, "files": files}
+        auth = request.headers.get("authorization", "")
+        if auth[7:] != self.key:
+            return self._error(401, "Incorrect API key provided.", code="invalid_api_key")
+        if fields.get("model", "dall-e-2") != "dall-e-2":
+            return self._error(400, "Invalid model.", param="model", code="invalid_value")
+        image = files.get("image")
+        if not image or not image.startswith(b"\x89PNG") or len(image) >= 4 * 1024 * 1024:
+            return self._error(400, "Invalid input image - format must be in ['RGBA', 'LA', 'L'], got RGB.",
+                               param="image", code="invalid_image_format")
+        side = _png_size(image)
+        if side[0] != side[1]:
+            return self._error(400, "Uploaded image must be square.", param="image", code="invalid_value")
+        if "mask" in files and _png_size(files["mask"]) != side:
+            return self._error(400, "Invalid mask image: must be the same size as the image.", param="mask")
+        if route == "edit" and not fields.get("prompt"):
+            return self._error(400, "Missing required parameter: 'prompt'.", param="prompt")
+        if route == "variation" and "prompt" in fields:
+            return self._error(400, "Unknown parameter: 'prompt'.", param="prompt", code="unknown_parameter")
+        n = int(fields.get("n", 1))
+        size = fields.get("size", "1024x1024")
+        if not 1 <= n <= 10 or size not in SIZES["dall-e-2"]:
+            return self._error(400, "Invalid 'n' or 'size' for dall-e-2.", param="size")
+        width, height = map(int, size.split("x"))
+        data = [{"b64_json": base64.b64encode(png(width, height, (200, 80, 40))).decode()}
+                if fields.get("response_format") == "b64_json" else {"url": self.host_file(png(width, height))}
+                for _ in range(n)]
+        return JSONResponse({"created": int(time.time()), "data": data})
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
