@@ -32,8 +32,10 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(PIP) install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
+# The Node SDK tests (tests/node: the official `openai` package, pinned) need npm; without Node they skip.
+$(VENV)/.installed-test: pyproject.toml tests/node/package.json $(VENV)/.torch
 	$(PIP) install --quiet -e '.[test,bench,gpu,ray]' "$(TORCHAO)"
+	if command -v npm >/dev/null; then cd tests/node && npm install --no-audit --no-fund --silent; fi
 	touch $@
 
 install: $(VENV)/.installed
