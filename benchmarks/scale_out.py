@@ -174,15 +174,20 @@ async def measure_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"mode": mode, "start_s": start_s, "saturation": saturation, "low_load": quiet}
 
 
-def ray_markdown(report: dict[str, Any]) -> str:
+def _header(report: dict[str, Any], title: str, environment: str) -> list[str]:
     m = report["machine"]
+    return [f"# {title}", "",
+            f"Date: {report['date']}. Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs (nproc {m['nproc']}), "
+            f"Python {m['python']}{environment}.",
+            f"Profile: `{PROFILE.relative_to(ROOT)}`, time scale {report['time_scale']}; 1024x1024, 28 steps, "
+            "`b64_json` PNG; each card batches up to 4 images.",
+            f"Command: `{report['command']}`", ""]
+
+
+def ray_markdown(report: dict[str, Any]) -> str:
     lines = [
-        "# Two simulated cards: one process against two Ray Serve replicas", "",
-        f"Date: {report['date']}. Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs (nproc {m['nproc']}), "
-        f"Python {m['python']}; Ray {report['ray_version']}, a local instance on this machine.",
-        f"Profile: `{PROFILE.relative_to(ROOT)}`, time scale {report['time_scale']}; 1024x1024, 28 steps, "
-        "`b64_json` PNG, batches of up to 4.",
-        f"Command: `{report['command']}`", "",
+        *_header(report, "Two simulated cards: one process against two Ray Serve replicas",
+                 f"; Ray {report['ray_version']}, a local instance on this machine"),
         "| mode | start s | achieved images/s | ideal (2 cards) | efficiency | mean batch | added at low load p50 ms "
         "| p90 ms |",
         "|---|---|---|---|---|---|---|---|",
@@ -223,14 +228,8 @@ def compare_ray(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    m = report["machine"]
     lines = [
-        "# Scale-out: one model on N simulated FLUX.1-dev / H100 cards, in one process", "",
-        f"Date: {report['date']}. Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs (nproc {m['nproc']}), "
-        f"Python {m['python']}.",
-        f"Profile: `{PROFILE.relative_to(ROOT)}`, time scale {report['time_scale']}; 1024x1024, 28 steps, "
-        "`b64_json` PNG; each card batches up to 4 images.",
-        f"Command: `{report['command']}`", "",
+        *_header(report, "Scale-out: one model on N simulated FLUX.1-dev / H100 cards, in one process", ""),
         "| devices | clients | steady images | mean batch | achieved images/s | N x one device's ideal | efficiency "
         "| images per device |",
         "|---|---|---|---|---|---|---|---|",

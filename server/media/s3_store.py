@@ -15,7 +15,6 @@ write and delete in it, or says in one line which setting is wrong; credentials 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -26,9 +25,9 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from server.errors import NotFound, StorageUnavailable
-from server.lifecycle import BackgroundTask
 from server.media.links import MEDIA_TYPES, LinkSigner, media_type
 from server.media.stored import StorageSetupError, StoredImage
+from server.media.sweeping import SweepingStore
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +54,9 @@ def _error_code(exc: ClientError) -> str:
     return str(error.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "")
 
 
-class S3ImageStore:
+class S3ImageStore(SweepingStore):
+    sweep_errors = (BotoCoreError, ClientError)
+
     def __init__(self, location: S3Location, client: Any, presign_client: Any, signer: LinkSigner, base_url: str,
                  ttl_seconds: int, *, proxy_links: bool, endpoint: str, clock: Callable[[], float] = time.time,
                  sweep_every: float = 60.0) -> None:
@@ -68,25 +69,11 @@ class S3ImageStore:
         self.proxy_links = proxy_links
         self._endpoint = endpoint  # for messages: the store's address (never a credential)
         self.clock = clock
-        self._sweep_every = sweep_every
-        self._sweeper = BackgroundTask("image-store-sweep", self._sweep_forever)
+        super().__init__(sweep_every)
 
     def describe(self) -> str:
         links = "proxied through the server" if self.proxy_links else "presigned on the store"
         return f"s3://{self.location.bucket}/{self.location.prefix} at {self._endpoint} (links {links})"
-
-    # --- lifecycle ---------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        try:
-            await asyncio.to_thread(self.check)
-        except StorageSetupError as exc:
-            logger.error("cannot start: %s", exc)
-            raise
-        await self._sweeper.start()
-
-    async def stop(self) -> None:
-        await self._sweeper.stop()
 
     def check(self) -> None:
         """The bucket exists and we can write and delete there; else `StorageSetupError` naming the setting."""
@@ -166,14 +153,6 @@ class S3ImageStore:
         if expired:
             logger.info("deleted %d expired images from %s", len(expired), self.describe())
         return len(expired)
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self.delete_expired)
-            except (BotoCoreError, ClientError) as exc:
-                logger.warning("could not sweep expired images in %s: %s", self.describe(), type(exc).__name__)
-            await asyncio.sleep(self._sweep_every)
 
 
 def _chunks(body: Any, size: int = 64 * 1024) -> Iterator[bytes]:

@@ -8,7 +8,6 @@ so links survive a restart, and replicas sharing the directory and the key serve
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import secrets
@@ -17,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from server.errors import LinkExpired, NotFound, StorageUnavailable
-from server.lifecycle import BackgroundTask
 from server.media.links import LinkSigner, media_type
 from server.media.stored import StorageSetupError, StoredImage
+from server.media.sweeping import SweepingStore
 from server.secret_files import load_or_create_secret
 
 logger = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ def load_or_create_signing_key(data_dir: Path, configured: str | None, file_name
     return load_or_create_secret(data_dir, configured, file_name)
 
 
-class FileImageStore:
+class FileImageStore(SweepingStore):
     def __init__(
         self,
         directory: Path,
@@ -49,8 +48,7 @@ class FileImageStore:
         self._base_url = base_url.rstrip("/")
         self._ttl = ttl_seconds
         self.clock = clock
-        self._sweep_every = sweep_every
-        self._sweeper = BackgroundTask("image-store-sweep", self._sweep_forever)
+        super().__init__(sweep_every)
         directory.mkdir(parents=True, exist_ok=True)
 
     def describe(self) -> str:
@@ -60,26 +58,6 @@ class FileImageStore:
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise StorageSetupError(f"cannot write generated images to {self.directory} (IMAGESERVE_DATA_DIR or "
                                     "IMAGESERVE_STORAGE_URL)")
-
-    async def start(self) -> None:
-        """Check the directory, then sweep expired images now and every `sweep_every` seconds, until `stop()`."""
-        try:
-            await asyncio.to_thread(self.check)
-        except StorageSetupError as exc:
-            logger.error("cannot start: %s", exc)
-            raise
-        await self._sweeper.start()
-
-    async def stop(self) -> None:
-        await self._sweeper.stop()
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self.delete_expired)
-            except OSError as exc:
-                logger.warning("could not sweep expired images: %s", exc)
-            await asyncio.sleep(self._sweep_every)
 
     def save(self, data: bytes, extension: str, request_id: str, base_url: str | None = None) -> str:
         """Write the image and return its signed absolute URL (under `base_url` when given). Off the loop."""
