@@ -42,8 +42,11 @@ class ModelSpec:
     # Local models: whether a mask may be given to /v1/images/edits (tiny-sd3's 4-channel test VAE cannot:
     # diffusers' SD3 inpainting pipeline takes 16 or 33 latent channels, as the real SD3 has).
     inpainting: bool = True
-    # Hosted models: whether edits and variations are forwarded (local models always take them).
+    # Hosted models: whether edits and variations are forwarded, and whether an edit needs a mask (local models
+    # take both, with or without a mask).
     edits: bool = False
+    variations: bool = False
+    edit_needs_mask: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -90,6 +93,7 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         price_usd=0.020,
         price_by_size={"256x256": 0.016, "512x512": 0.018, "1024x1024": 0.020},
         edits=True,
+        variations=True,
         description="OpenAI DALL-E 2, forwarded to OpenAI",
     ),
     ModelSpec(
@@ -116,6 +120,7 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         max_images=4,
         price_usd=0.055,
         extra_params=frozenset({"seed"}),
+        edits=True,
         description="FLUX1.1 [pro], forwarded to Black Forest Labs",
     ),
     ModelSpec(
@@ -142,6 +147,8 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         max_images=4,
         price_usd=0.040,
         extra_params=frozenset({"seed", "negative_prompt"}),
+        edits=True,
+        edit_needs_mask=True,
         description="Ideogram 2.0, forwarded to Ideogram",
     ),
     ModelSpec(

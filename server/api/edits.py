@@ -9,8 +9,9 @@ Variations: `image`, `model`, `n`, `size`, `response_format`, `user` (and the sa
 image-to-image of the input with an empty prompt at `IMAGESERVE_VARIATION_STRENGTH`.
 
 Local models edit through diffusers' image-to-image and inpainting pipelines (`pipelines.editing`); the
-default size is the input's, snapped to the model's grid and bounds. `dall-e-2` edits and variations are
-forwarded to OpenAI's own endpoints; other hosted models answer 400 naming `model`. The rest (quotas, the
+default size is the input's, snapped to the model's grid and bounds. Hosted models that edit (`ModelSpec.edits`,
+`variations`, `edit_needs_mask`: dall-e-2, flux-pro, ideogram-2) are forwarded to the vendor's own endpoints;
+the others answer 400 naming `model` before anything is read or reserved. The rest (quotas, the
 ledger, encoding, storage, `perf`) is the generations path (`ImageService.generate`).
 """
 
@@ -139,9 +140,13 @@ async def _request_from_form(request: Request, form: FormData, request_id: str, 
         fields["prompt"] = "a variation"  # checked like any prompt, then replaced by the empty prompt
     body: ImageGenerationBody = parse_fields(fields)
     model = state.registry.get(body.model or settings.default_model)
-    if model is not None and not (model.is_local or model.edits):
-        raise InvalidRequest(f"Model '{model.id}' cannot {'make variations' if variation else 'edit images'} "
-                             "through this server: the local models and dall-e-2 can.", param="model")
+    if model is not None and not model.is_local:  # what each hosted model takes, refused before any upload work
+        if not (model.variations if variation else model.edits):
+            raise InvalidRequest(f"Model '{model.id}' cannot {'make variations' if variation else 'edit images'} "
+                                 "through this server.", param="model")
+        if model.edit_needs_mask and not variation and form.get("mask") is None:
+            raise InvalidRequest(f"Model '{model.id}' edits need a mask: send 'mask', a PNG whose transparent "
+                                 "pixels mark where to edit.", param="mask")
     if model is not None and not model.inpainting and form.get("mask") is not None:
         raise InvalidRequest(f"Model '{model.id}' cannot edit with a mask (it cannot inpaint); leave out 'mask' "
                              "for an edit of the whole image.", param="mask")

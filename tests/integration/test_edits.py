@@ -189,5 +189,5 @@ def test_variations_refuse_a_prompt_and_a_mask_and_json_is_not_multipart(edit_se
     assert as_json.status_code == 400 and as_json.json()["error"]["param"] == "image"
     with pytest.raises(openai.BadRequestError):
         OpenAI(base_url=edit_server.api_url, api_key=TEST_KEY, max_retries=0).images.create_variation(
-            model="dall-e-2", image=("a.png", png(photo()), "image/png"))
+            model="flux-pro", image=("a.png", png(photo()), "image/png"))  # BFL has no variations
     assert _post(edit_server, "/images/edits", image, {"prompt": "x", "model": "sim"}).status_code == 200

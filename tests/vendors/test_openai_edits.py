@@ -85,7 +85,7 @@ def test_vendor_errors_map_as_for_generations(client: OpenAI, emulator: OpenAIEm
 
 def test_hosted_models_without_edits_are_refused_before_anything_goes_upstream(client: OpenAI,
                                                                               emulator: OpenAIEmulator) -> None:
-    for model in ("dall-e-3", "flux-pro"):
+    for model in ("dall-e-3", "imagen-3"):
         with pytest.raises(openai.BadRequestError) as raised:
             client.images.edit(model=model, image=("a.png", png(np.zeros((64, 64, 3), np.uint8)), "image/png"),
                                prompt="a hat")

@@ -7,20 +7,29 @@ does the client going away (the service cancels `generate`). Each task holds one
 The global endpoint answers with a `polling_url` on the region that took the task (api.us1.bfl.ai and
 the like), so the key is sent to the base URL's host or a sibling under the same parent domain, over the
 same scheme; any other host is refused. The sample link (delivery.*.bfl.ai) is signed: no key goes there.
+
+Edits (`ModelSpec.edits`) are tasks too, polled the same way, on BFL's own editing models (API reference,
+docs.bfl.ai): with a mask, FLUX.1 Fill [pro] (`POST /v1/flux-pro-1.0-fill`: `image` and `mask` as base64 PNGs
+of the same size, the mask white where to repaint, black where to keep); without one, FLUX.1 Kontext [pro]
+(`POST /v1/flux-kontext-pro`: `input_image` as a base64 PNG and the nearest `aspect_ratio`; it answers about one
+megapixel in that shape). Neither takes our `strength`. BFL has no variations: they are refused (400 naming
+`model`) before anything goes upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipelines.types import SEED_MODULUS, GeneratedImage, GenerationRequest
+from pipelines.types import SEED_MODULUS, GeneratedImage, GenerationRequest, ImageEdit
 from server.backends.vendors.adapter import VendorBackend, run_all
 from server.backends.vendors.connection import Vendor
-from server.backends.vendors.sizes import BFL_MAX, BFL_MIN, BFL_MULTIPLE, fit_to_grid
-from server.errors import ContentPolicyViolation, UpstreamError
+from server.backends.vendors.sizes import BFL_MAX, BFL_MIN, BFL_MULTIPLE, fit_to_grid, nearest_aspect_ratio
+from server.errors import ContentPolicyViolation, InvalidRequest, UpstreamError
 from server.settings import BFLProviderSettings
 
 logger = logging.getLogger(__name__)
@@ -28,6 +37,68 @@ logger = logging.getLogger(__name__)
 PENDING = frozenset({"Pending", "Processing", "Queued"})
 MODERATED = frozenset({"Request Moderated", "Content Moderated"})
 FAILED = frozenset({"Error", "Failed", "Task not found"})
+
+FILL_ENDPOINT = "flux-pro-1.0-fill"  # FLUX.1 Fill [pro]: inpainting with a mask
+KONTEXT_ENDPOINT = "flux-kontext-pro"  # FLUX.1 Kontext [pro]: an edit of the whole image from a prompt
+# Kontext takes any `aspect_ratio` "W:H" between 21:9 and 9:21; we send the nearest of the usual ones.
+KONTEXT_RATIOS = ("21:9", "16:9", "3:2", "4:3", "5:4", "1:1", "4:5", "3:4", "2:3", "9:16", "9:21")
+FILL_STEPS = (15, 50)  # the Fill reference's ranges for `steps` and `guidance`
+FILL_GUIDANCE = (1.5, 100.0)
+
+
+def _png_b64(pixels: Any) -> str:
+    """uint8 pixels (RGB, or a 2-D grey mask) as a base64 PNG, the way BFL takes images in JSON."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def edit_submission(request: GenerationRequest, edit: ImageEdit, output_format: str) -> tuple[str, dict[str, Any]]:
+    """The endpoint and the body (less `seed` and `safety_tolerance`) of an edit: Fill with a mask (white where
+    to repaint: our mask is already True there), Kontext without one. Encoding is CPU work: run in a thread."""
+    import numpy as np
+
+    if edit.mask is None:
+        height, width = edit.image.shape[:2]
+        return KONTEXT_ENDPOINT, {
+            "prompt": request.prompt,
+            "input_image": _png_b64(edit.image),
+            "aspect_ratio": nearest_aspect_ratio(width, height, KONTEXT_RATIOS),
+            "output_format": output_format,
+        }
+    body: dict[str, Any] = {
+        "prompt": request.prompt,
+        "image": _png_b64(edit.image),
+        "mask": _png_b64(np.where(edit.mask, 255, 0).astype(np.uint8)),
+        "output_format": output_format,
+    }
+    if request.num_inference_steps is not None:
+        body["steps"] = request.num_inference_steps
+    if request.guidance_scale is not None:
+        body["guidance"] = request.guidance_scale
+    return FILL_ENDPOINT, body
+
+
+def check_edit(request: GenerationRequest, model_id: str) -> ImageEdit:
+    """Refuse what BFL cannot do before anything is encoded or sent."""
+    edit = request.edit
+    assert edit is not None
+    if edit.variation:
+        raise InvalidRequest(f"Model '{model_id}' cannot make variations: Black Forest Labs has no variation "
+                             "endpoint. Use /v1/images/edits with a prompt instead.", param="model")
+    ranges = {"num_inference_steps": (request.num_inference_steps, FILL_STEPS),
+              "guidance_scale": (request.guidance_scale, FILL_GUIDANCE)}
+    for name, (value, (lo, hi)) in ranges.items():
+        if value is None:
+            continue
+        if edit.mask is None:
+            raise InvalidRequest(f"'{name}' applies only to edits with a mask on model '{model_id}'.", param=name)
+        if not lo <= value <= hi:
+            raise InvalidRequest(f"Invalid value for '{name}': {value}; Black Forest Labs takes {lo:g} to {hi:g}.",
+                                 param=name)
+    return edit
 
 
 def polling_url_allowed(polling_url: str, base_url: str) -> bool:
@@ -51,37 +122,43 @@ class BFLBackend(VendorBackend):
         return self.config.endpoint
 
     async def _generate(self, vendor: Vendor, request: GenerationRequest):
-        width, height = fit_to_grid(
-            request.width, request.height, lo=BFL_MIN, hi=BFL_MAX, multiple=BFL_MULTIPLE
-        )
+        config = self.config
+        if request.edit is None:
+            width, height = fit_to_grid(
+                request.width, request.height, lo=BFL_MIN, hi=BFL_MAX, multiple=BFL_MULTIPLE
+            )
+            endpoint = self.upstream_model()
+            body: dict[str, Any] = {
+                "prompt": request.prompt,
+                "width": width,
+                "height": height,
+                "output_format": config.output_format,
+            }
+        else:
+            edit = check_edit(request, self.spec.id)
+            endpoint, body = await asyncio.to_thread(edit_submission, request, edit, config.output_format)
+        if config.safety_tolerance is not None:
+            body["safety_tolerance"] = config.safety_tolerance
         # No BFL-specific seed bound is assumed: the seeds of the n tasks count up from the one given and
         # wrap within the range our API accepts (`pipelines.types.SEED_MAX`).
         seeds = [
             None if request.seed is None else (request.seed + i) % SEED_MODULUS for i in range(request.n)
         ]
-        images = await run_all([self._task(vendor, request, width, height, seed) for seed in seeds])
-        return images, {}
+        images = await run_all([self._task(vendor, request, endpoint, body, seed) for seed in seeds])
+        return images, ({} if request.edit is None else {"upstream_model": endpoint})
 
     async def _task(
-        self, vendor: Vendor, request: GenerationRequest, width: int, height: int, seed: int | None
+        self, vendor: Vendor, request: GenerationRequest, endpoint: str, body: dict[str, Any], seed: int | None
     ) -> tuple[GeneratedImage, tuple[int, int]]:
         config = self.config
         headers = {"x-key": vendor.api_key, "accept": "application/json"}
-        body: dict[str, Any] = {
-            "prompt": request.prompt,
-            "width": width,
-            "height": height,
-            "output_format": config.output_format,
-        }
         if seed is not None:
-            body["seed"] = seed
-        if config.safety_tolerance is not None:
-            body["safety_tolerance"] = config.safety_tolerance
+            body = {**body, "seed": seed}
 
         async with vendor.slot():
             submitted = await vendor.request_json(
                 "POST",
-                f"{config.base_url}/v1/{self.upstream_model()}",
+                f"{config.base_url}/v1/{endpoint}",
                 what="task submission",
                 headers=headers,
                 json=body,

@@ -6,14 +6,23 @@ AUTO/ON/OFF, `seed` 0-2147483647. Errors: 400 invalid input, 401 not authorized,
 safety check" (prompts containing "forbidden"), 429. "unsafe-image" flags the first image
 (`is_image_safe: false`, no url); "all-unsafe" flags every image. MagicPrompt (unless OFF) rewrites the
 prompt, and the rewrite is returned per image.
+
+`POST /edit` ("Edit (legacy)" in Ideogram's API reference), recorded as route "edit": multipart with `image_file`,
+`mask`, `prompt` and `model` required; `model` V_2 or V_2_TURBO only; `magic_prompt_option`, `num_images` 1-8,
+`seed`, `style_type` optional; any other field is refused. Files are JPEG, PNG or WebP of at most 10 MB; the
+mask is black and white (black = edit), the image's size, with something black to edit. Errors and answers are
+the generation's (422 for "forbidden" prompts); the images come back at the input's size.
 """
 
 from __future__ import annotations
 
+import io
 import random
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -21,6 +30,10 @@ from starlette.routing import Route
 from tests.support.emulators.common import EmulatorBase, png
 
 MODELS = {"V_1", "V_1_TURBO", "V_2", "V_2_TURBO", "V_2A", "V_2A_TURBO"}
+EDIT_MODELS = {"V_2", "V_2_TURBO"}
+EDIT_FIELDS = {"prompt", "model", "magic_prompt_option", "num_images", "seed", "style_type"}
+STYLE_TYPES = {"AUTO", "GENERAL", "REALISTIC", "DESIGN", "RENDER_3D", "ANIME"}
+MAX_FILE_BYTES = 10 * 1024 * 1024
 ASPECTS = {
     "ASPECT_1_1": (1024, 1024),
     "ASPECT_16_9": (1312, 736),
@@ -63,7 +76,7 @@ RESOLUTIONS = {name: (int(name.split("_")[1]), int(name.split("_")[2])) for name
 
 class IdeogramEmulator(EmulatorBase):
     def routes(self) -> list[Route]:
-        return [Route("/generate", self.generate, methods=["POST"])]
+        return [Route("/generate", self.generate, methods=["POST"]), Route("/edit", self.edit, methods=["POST"])]
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return {"error": message}
@@ -116,6 +129,9 @@ class IdeogramEmulator(EmulatorBase):
                 {"error": "Prompt or provided image failed the safety checks"}, status_code=422
             )
 
+        return self._answer(prompt, magic, n, size, seed)
+
+    def _answer(self, prompt: str, magic: str, n: int, size: tuple[int, int], seed: int | None) -> Response:
         shown = prompt if magic == "OFF" else f"Magic: a striking, detailed image of {prompt}"
         data = []
         for i in range(n):
@@ -131,3 +147,59 @@ class IdeogramEmulator(EmulatorBase):
                 }
             )
         return JSONResponse({"created": datetime.now(UTC).isoformat(), "data": data})
+
+    async def edit(self, request: Request) -> Response:
+        rec, scripted = await self.record("edit", request)  # scripted failures apply here too
+        given = request.headers.get("api-key")
+        if not given or given != self.key:
+            return JSONResponse({"error": f"Not authorized to edit an image (key {given})."}, status_code=401)
+        if scripted is not None:
+            return scripted
+        try:
+            form = await request.form()
+        except Exception:  # not a multipart body
+            return JSONResponse({"error": "a multipart/form-data body is required"}, status_code=400)
+        fields = {name: value for name, value in form.multi_items() if isinstance(value, str)}
+        files = {name: await value.read() for name, value in form.multi_items() if not isinstance(value, str)}
+        rec.body = {**fields, "files": files}
+        for name in sorted((set(fields) - EDIT_FIELDS) | (set(files) - {"image_file", "mask"})):
+            return JSONResponse({"error": f"unknown field {name!r}"}, status_code=400)
+        for name in ("image_file", "mask", "prompt", "model"):
+            if not (files.get(name) if name in ("image_file", "mask") else fields.get(name)):
+                return JSONResponse({"error": f"{name} is required"}, status_code=400)
+        image, mask = _image(files["image_file"]), _image(files["mask"])
+        if image is None or mask is None:
+            return JSONResponse({"error": "image_file and mask must be JPEG, PNG or WebP of at most 10MB"},
+                                status_code=400)
+        if mask.size != image.size:
+            return JSONResponse({"error": "the mask must be the size of the image"}, status_code=400)
+        grey = np.asarray(mask.convert("L"))
+        if not np.isin(grey, (0, 255)).all() or not (grey == 0).any():
+            return JSONResponse({"error": "the mask must be black and white, black where to edit"}, status_code=400)
+        if fields["model"] not in EDIT_MODELS:
+            return JSONResponse({"error": "/edit supports only V_2 and V_2_TURBO"}, status_code=400)
+        magic = fields.get("magic_prompt_option", "AUTO")
+        if magic not in ("AUTO", "ON", "OFF") or fields.get("style_type", "AUTO") not in STYLE_TYPES:
+            return JSONResponse({"error": "invalid magic_prompt_option or style_type"}, status_code=400)
+        try:
+            n = int(fields.get("num_images", "1"))
+            seed = int(fields["seed"]) if "seed" in fields else None
+        except ValueError:
+            return JSONResponse({"error": "num_images and seed must be integers"}, status_code=400)
+        if not 1 <= n <= 8 or (seed is not None and not 0 <= seed <= 2147483647):
+            return JSONResponse({"error": "num_images must be 1-8 and seed 0-2147483647"}, status_code=400)
+        if "forbidden" in fields["prompt"]:
+            return JSONResponse({"error": "Prompt or Initial Image failed the safety checks"}, status_code=422)
+        return self._answer(fields["prompt"], magic, n, image.size, seed)
+
+
+def _image(data: bytes) -> Image.Image | None:
+    """A whole JPEG, PNG or WebP image of at most 10 MB, else None."""
+    if len(data) > MAX_FILE_BYTES:
+        return None
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, ValueError):
+        return None
+    return image if image.format in ("JPEG", "PNG", "WEBP") else None
