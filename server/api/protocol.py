@@ -177,6 +177,6 @@ def to_generation_request(
         num_inference_steps=body.num_inference_steps,
         guidance_scale=float(body.guidance_scale) if body.guidance_scale is not None else None,
         user=body.user,
-        partial_images=(body.partial_images or 0) if spec.is_local else 0,
+        partial_images=body.partial_images or 0,
     )
     return request, spec

@@ -2,8 +2,8 @@
 
 `image_generation.partial_image` (`b64_json`, `partial_image_index`, `size`, `output_format`, `quality`,
 `background`, `created_at`) for each preview a local model decodes along the way (`partial_images`, 0-3, per
-image), then one `image_generation.completed` per image, carrying our `perf` block too. Hosted models send
-the completed events only.
+image), then one `image_generation.completed` per image, carrying our `perf` block too. A GPT image model's own
+stream is passed on (`server.backends.vendors.openai_images`); other hosted models send the completed events only.
 
 Everything that can go wrong before the first event (bad input, quotas, a model that is unavailable, a full
 queue) is still an ordinary error answer: the stream starts only once the first preview is ready or the work

@@ -130,11 +130,38 @@ class OpenAIImagesBackend(VendorBackend):
             params["mask"] = ("mask.png", encode_rgba(edit.image, transparent=edit.mask), "image/png")
         return params
 
+    @staticmethod
+    async def _consume_stream(stream: Any, request: GenerationRequest, vendor: Vendor, what: str) -> Any:
+        """Read OpenAI's image stream: each partial image to `request.on_preview` (as pixels, re-encoded by our own
+        stream in the client's format), the completed image as a one-image answer."""
+        import io
+        from types import SimpleNamespace
+
+        import numpy as np
+        from PIL import Image
+
+        completed = None
+        async for event in stream:
+            kind = getattr(event, "type", "")
+            if kind.endswith(".partial_image") and request.on_preview is not None:
+                data = decode_b64(event.b64_json, vendor, what)
+                with Image.open(io.BytesIO(data)) as preview:
+                    request.on_preview(0, int(event.partial_image_index), np.asarray(preview.convert("RGB")))
+            elif kind.endswith(".completed"):
+                completed = SimpleNamespace(data=[SimpleNamespace(b64_json=event.b64_json)])
+        if completed is None:
+            raise vendor.malformed(what)
+        return completed
+
     async def _generate(self, vendor: Vendor, request: GenerationRequest):
         client = self._client(vendor)
         params, _ = self.request_params(request)
         what = "image generation request"
         call = client.images.generate
+        streamed = (request.on_preview is not None and request.partial_images > 0 and request.n == 1
+                    and request.edit is None and is_gpt_image(params["model"]))
+        if streamed:  # a GPT image model streams its own previews: passed on as they come
+            params.update(stream=True, partial_images=request.partial_images)
         if request.edit is not None:
             params = self.edit_params(request, params)
             call = client.images.create_variation if request.edit.variation else client.images.edit
@@ -142,6 +169,8 @@ class OpenAIImagesBackend(VendorBackend):
 
         async def attempt() -> Any:
             try:
+                if streamed:
+                    return await self._consume_stream(await call(**params), request, vendor, what)
                 return await call(**params)
             except openai.APITimeoutError:
                 raise RetryableError(f"timed out after {self.config.timeout_seconds:g}s") from None

@@ -10,6 +10,7 @@ system (`content_policy_violation`, or `moderation_blocked` for GPT image models
 from __future__ import annotations
 
 import base64
+import json
 import time
 from typing import Any
 
@@ -54,6 +55,24 @@ class OpenAIEmulator(EmulatorBase):
         return [Route("/v1/images/generations", self.generate, methods=["POST"]),
                 Route("/v1/images/edits", self.edit, methods=["POST"]),
                 Route("/v1/images/variations", self.variation, methods=["POST"])]
+
+    @staticmethod
+    def _stream(body: dict[str, Any], width: int, height: int, image: bytes) -> Response:
+        """GPT image streaming: `partial_images` (0-3) partial events, then the completed one, as SSE."""
+        partials = body.get("partial_images", 0)
+        if not isinstance(partials, int) or not 0 <= partials <= 3:
+            return OpenAIEmulator._error(400, "Invalid 'partial_images'.", param="partial_images")
+        common = {"size": f"{width}x{height}", "output_format": "png", "quality": "auto", "background": "opaque",
+                  "created_at": int(time.time())}
+        events = [("image_generation.partial_image",
+                   {**common, "b64_json": base64.b64encode(png(width, height, (10 * index, 0, 0))).decode(),
+                    "partial_image_index": index}) for index in range(partials)]
+        events.append(("image_generation.completed", {**common, "b64_json": base64.b64encode(image).decode(),
+                                                      "usage": {"input_tokens": 10, "output_tokens": 100,
+                                                                "total_tokens": 110, "input_tokens_details":
+                                                                {"image_tokens": 0, "text_tokens": 10}}}))
+        text = "".join(f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n" for name, data in events)
+        return Response(text, media_type="text/event-stream")
 
     async def edit(self, request: Request) -> Response:
         return await self._from_image(request, "edit")
@@ -172,6 +191,10 @@ class OpenAIEmulator(EmulatorBase):
 
         width, height = (1024, 1024) if size == "auto" else map(int, size.split("x"))
         image = png(width, height)
+        if body.get("stream") is True:
+            if family != "gpt-image":
+                return self._error(400, "Streaming is only supported for GPT image models.", param="stream")
+            return self._stream(body, width, height, image)
         data = []
         for _ in range(n):
             item: dict[str, Any] = {}
