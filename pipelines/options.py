@@ -52,6 +52,9 @@ class LocalModelOptions:
     devices: tuple[str, ...] | str = ()
     dtype: str = "bf16"  # on CUDA; the CPU always runs fp32
     max_batch_images: int = 4
+    # Streamed previews: a tiny autoencoder (diffusers' AutoencoderTiny: a hub repo in the model cache, or a
+    # folder) decodes them when it is there; else the model's own VAE does.
+    preview_vae: str | None = None
     batch_wait_s: float = 0.005  # longest wait to fill a batch on an idle device
     max_queue_images: int = 64
     optimizations: OptimizationOptions = field(default_factory=OptimizationOptions)

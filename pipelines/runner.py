@@ -31,7 +31,7 @@ from pipelines.optimizations import (
 )
 from pipelines.options import LocalModelOptions
 from pipelines.pixels import to_pixels
-from pipelines.previews import PreviewTap
+from pipelines.previews import PreviewTap, load_preview_vae
 from pipelines.scheduler import BatchKey, DeviceOutOfMemory, ImageJobSpec, TimedOutputs
 from pipelines.types import (
     LocalModelSpec,
@@ -84,6 +84,8 @@ class DiffusersRunner:
                                             initializer=_use_device, initargs=(placement.device,))
         self._pipe: Any = None
         self._edit_pipes: dict[str, Any] = {}  # mode -> its pipeline, sharing self._pipe's components
+        self._preview_vae: Any = None  # a tiny autoencoder for streamed previews, when one is in the cache
+        self.preview_decoder = "the model's own VAE"
         self._options = options.optimizations
         self.optimizations: AppliedOptimizations | None = None  # set once loaded; shown by /v1/models
         self._last_call_s = 0.0  # device time of the latest pipeline call, failed or not
@@ -106,6 +108,9 @@ class DiffusersRunner:
                                        self.placement.device, self.placement.torch_dtype(),
                                        cpu_offload=plan.cpu_offload)
             self.optimizations = apply_optimizations(self._pipe, plan, self.placement)
+            self._preview_vae, self.preview_decoder = load_preview_vae(
+                self._spec.kind, self._model_options.preview_vae, self._model_options.model_cache,
+                self.placement.device, self.placement.torch_dtype())
             # Warm-up runs here, on the worker thread, before the scheduler exists: no request waits behind it.
             warm_up(self._warmup_batch, plan.options, self._model_options.max_batch_images, self.optimizations,
                     self.placement.device)
@@ -114,7 +119,7 @@ class DiffusersRunner:
             self._pipe = self.optimizations = None
             failure = f"{type(exc).__name__}: {str(exc)[:300]}"
         else:
-            logger.info("loaded %s on %s", self._spec.id, self.placement)
+            logger.info("loaded %s on %s (streamed previews: %s)", self._spec.id, self.placement, self.preview_decoder)
             return
         # Outside the except block, so the traceback (whose frames hold the half-built pipeline) is gone and
         # its memory can be returned before anyone tries again.
@@ -158,7 +163,8 @@ class DiffusersRunner:
         if limit is not None and len(specs) > limit:
             arguments["callback_on_step_end"] = simulated_oom_callback
         elif any(spec.previews for spec in specs):  # streaming: decode previews for the jobs that asked
-            arguments["callback_on_step_end"] = PreviewTap(self._spec.kind, key.width, key.height, key.steps, specs)
+            arguments["callback_on_step_end"] = PreviewTap(self._spec.kind, key.width, key.height, key.steps, specs,
+                                                           self._preview_vae)
             arguments["callback_on_step_end_tensor_inputs"] = ["latents"]
         return arguments
 

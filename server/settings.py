@@ -71,6 +71,9 @@ class ModelSettings(OptimizationOptions):
     # ["cuda:0", "cuda:1"] (free labels such as ["sim0", "sim1"] for kind = "simulated"). Default: one device.
     devices: Literal["all"] | list[DeviceLabel] | None = None
     max_batch_images: int = Field(default=4, ge=1, le=64)
+    # Streamed previews: an AutoencoderTiny (hub repo in the model cache, or a folder); default by family:
+    # madebyollin/taef1 (FLUX), madebyollin/taesd3 (SD3); "" for the model's own VAE.
+    preview_vae: str | None = None
     ray: RayModelSettings | None = None  # replicas on a Ray cluster (`serve --ray`); see server.ray_settings
     dtype: Dtype | None = None  # on CUDA; CPU always runs fp32
     # kind = "simulated" (see pipelines.simulated): a batch waits steps * (base + per_mp * total MP) * time_scale.
@@ -104,8 +107,8 @@ class ModelSettings(OptimizationOptions):
         return self
 
     def registry_fields(self) -> dict[str, Any]:
-        serving = {"devices", "ray", "max_batch_images", "dtype", "step_seconds_base", "step_seconds_per_megapixel",
-                   "time_scale"}
+        serving = {"devices", "ray", "preview_vae", "max_batch_images", "dtype", "step_seconds_base",
+                   "step_seconds_per_megapixel", "time_scale"}
         serving |= OPTIMIZATION_FIELDS
         return {k: v for k, v in self.model_dump(exclude_none=True).items() if k not in serving}
 

@@ -75,6 +75,7 @@ def local_model_options(settings: Settings, model_id: str, *, simulated: bool = 
         max_batch_images=model.max_batch_images, batch_wait_s=settings.batch_wait_ms / 1000,
         max_queue_images=settings.max_queue_images, optimizations=optimization_options(model),
         devices=model.devices if isinstance(model.devices, str) else tuple(model.devices or ()),
+        preview_vae=model.preview_vae,
         profile=device_profile(model) if simulated else None,
     )
 
