@@ -42,6 +42,7 @@ class ImageEdit:
     mask: NDArray[np.bool_] | None = None  # (height, width), True where the model repaints
     strength: float = 0.7  # 0: keep the input, 1: ignore it
     variation: bool = False  # a variation (no prompt) rather than an edit
+    references: tuple[NDArray[np.uint8], ...] = ()  # further input images, at their own sizes (GPT image models)
 
     @property
     def mode(self) -> str:

@@ -43,6 +43,7 @@ from server.service import Answer, Delivery
 router = APIRouter(route_class=TimedRoute)
 
 EDIT_STRENGTH = 0.7
+MAX_IMAGES = 4  # input images of one edit, for the hosted models that take several (GPT image models)
 _FILES = {"image", "image[]", "mask"}
 _INTEGERS = ("n", "seed", "num_inference_steps", "output_compression", "partial_images")
 _NUMBERS = ("guidance_scale", "strength")
@@ -92,9 +93,17 @@ def snapped_size(width: int, height: int, spec: ModelSpec) -> str:
                                           round(side * scale / CUSTOM_SIZE_MULTIPLE) * CUSTOM_SIZE_MULTIPLE))
                  for side in (width, height)]
         return f"{sides[0]}x{sides[1]}"
-    fixed = [size for size in spec.sizes if "x" in size]
-    shape = width / height
-    return min(fixed, key=lambda size: abs(np.log(int(size.split("x")[0]) / int(size.split("x")[1]) / shape)))
+    fixed = [tuple(map(int, size.split("x"))) for size in spec.sizes if "x" in size]
+    best = min(fixed, key=lambda wh: (abs(np.log(wh[0] / wh[1] * height / width)),  # the shape first,
+                                      abs(np.log(wh[0] * wh[1] / (width * height)))))  # then the area
+    return f"{best[0]}x{best[1]}"
+
+
+def model_of(request: Request, form: FormData) -> ModelSpec | None:
+    """The model the form names (or the default one); None for an unknown id (reported later, by name)."""
+    settings = request.app.state.settings
+    name = form.get("model")
+    return request.app.state.registry.get(name if isinstance(name, str) and name else settings.default_model)
 
 
 def _mask_of(upload: Upload | None, image: Upload) -> Image.Image | None:
@@ -128,8 +137,10 @@ async def _request_from_form(request: Request, form: FormData, request_id: str, 
         raise InvalidRequest("Unrecognized request argument supplied: mask (variations take no mask)", param="mask")
     if not images:
         raise InvalidRequest("image is required", param="image")
-    if len(images) > 1:
-        raise InvalidRequest("Only one 'image' is taken: the local models edit one image at a time.",
+    named = model_of(request, form)
+    if len(images) > 1 and (variation or named is None or named.provider != "openai"):
+        raise InvalidRequest("Only one 'image' is taken here: several input images are for OpenAI's GPT image "
+                             "models (an id mapped to one); the local models and the other vendors take one.",
                              param="image")
     fields = _text_fields(form, _VARIATION_FIELDS if variation else None)
     strength = fields.pop("strength", settings.variation_strength if variation else EDIT_STRENGTH)
@@ -161,7 +172,9 @@ async def _request_from_form(request: Request, form: FormData, request_id: str, 
     pixels = np.asarray(image.image.convert("RGB").resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
     mask = None if variation else _mask_of(mask_upload, image)
     region = None if mask is None else np.asarray(mask.resize(size, Image.Resampling.NEAREST)) > 127
-    edit = ImageEdit(pixels, region, float(strength), variation=variation)
+    references = tuple([np.asarray((await decode_upload(extra, "image", settings.max_image_pixels)).image
+                                   .convert("RGB"), dtype=np.uint8) for extra in images[1:]])
+    edit = ImageEdit(pixels, region, float(strength), variation=variation, references=references)
     generation = dataclasses.replace(generation, edit=edit, prompt="" if variation else generation.prompt)
     delivery = Delivery(output_format=body.output_format, compression=body.output_compression, b64=body.wants_b64,
                         link_base=settings.public_url or str(request.base_url))
@@ -177,7 +190,7 @@ async def _edit(request: Request, form: FormData, principal: Principal, request_
 async def _answer(request: Request, principal: Principal, request_id: str, variation: bool) -> Response:
     # The body is read first: while the work runs, the disconnect watch owns the request's receive channel.
     settings = request.app.state.settings
-    form = await read_form(request, settings.max_upload_bytes, settings.max_json_bytes)
+    form = await read_form(request, settings.max_upload_bytes, settings.max_json_bytes, MAX_IMAGES)
     if not variation and form.get("stream") in ("true", "1"):  # streamed edits: image_edit.* events
         try:
             generation, spec, delivery, _ = await _request_from_form(request, form, request_id, variation=False)

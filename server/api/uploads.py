@@ -23,7 +23,6 @@ from server.errors import InvalidRequest, PayloadTooLarge
 
 FORMATS = {"PNG", "JPEG", "WEBP"}
 MAX_FIELDS = 40
-MAX_FILES = 4
 
 
 class _LimitedReceive:
@@ -41,19 +40,19 @@ class _LimitedReceive:
         return message
 
 
-async def read_form(request: Request, max_upload_bytes: int, max_field_bytes: int) -> FormData:
-    """The multipart form, read within the limits (see the module docs)."""
+async def read_form(request: Request, max_upload_bytes: int, max_field_bytes: int, max_images: int = 1) -> FormData:
+    """The multipart form, read within the limits (see the module docs): `max_images` images and a mask."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise InvalidRequest("This endpoint takes multipart/form-data (the image as a file field named 'image').",
                              param="image", code="invalid_content_type")
-    limit = 2 * max_upload_bytes + max_field_bytes
+    limit = (max_images + 1) * max_upload_bytes + max_field_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"The request body is larger than {limit} bytes.", param="image")
     limited = Request(request.scope, receive=_LimitedReceive(request.receive, limit))
     try:
-        form = await limited.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=max_field_bytes)
+        form = await limited.form(max_files=max_images + 1, max_fields=MAX_FIELDS, max_part_size=max_field_bytes)
     except (PayloadTooLarge, ClientDisconnect):
         raise
     except Exception as exc:  # noqa: BLE001 - Starlette's MultiPartException and malformed bodies

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import openai
@@ -90,4 +91,31 @@ def test_hosted_models_without_edits_are_refused_before_anything_goes_upstream(c
             client.images.edit(model=model, image=("a.png", png(np.zeros((64, 64, 3), np.uint8)), "image/png"),
                                prompt="a hat")
         assert raised.value.body["param"] == "model"
+    assert emulator.requests == []
+
+
+def test_an_id_mapped_to_a_gpt_image_model_edits_several_images(emulator: OpenAIEmulator, tmp_path: Path) -> None:
+    emulator.reset()
+    providers = {"openai": {"api_key": VENDOR_KEY, "base_url": emulator.base_url + "/v1",
+                            "models": {"dall-e-2": "gpt-image-1"}}}
+    inputs = [("a.png", png(np.full((200, 300, 3), 10, np.uint8)), "image/png"),
+              ("b.png", png(np.full((64, 64, 3), 200, np.uint8)), "image/png")]
+    with running_server(data_dir=tmp_path, api_keys=TEST_KEYS, providers=providers) as mapped:
+        client = OpenAI(base_url=mapped.api_url, api_key=TEST_KEY, max_retries=0)
+        response = client.images.edit(model="dall-e-2", image=inputs, prompt="put them together")
+    assert response.model_extra["perf"]["upstream_model"] == "gpt-image-1" and len(response.data) == 1
+    (call,) = emulator.calls("edit")
+    sent = [Image.open(io.BytesIO(data)) for name, data in call.body["file_list"] if name == "image[]"]
+    # The first at the request's size (dall-e-2's square nearest the input), the others as given.
+    assert [image.size for image in sent] == [(256, 256), (64, 64)]
+    assert call.body["size"] == "1024x1024"  # the GPT image size nearest the request's
+    assert "response_format" not in call.body and call.body["quality"] == "medium"
+
+
+def test_several_images_are_refused_where_one_is_taken(client: OpenAI, emulator: OpenAIEmulator) -> None:
+    two = [("a.png", png(np.zeros((64, 64, 3), np.uint8)), "image/png")] * 2
+    for model in ("dall-e-2", "tiny-flux", "flux-pro"):  # dall-e-2 itself, a local model, another vendor
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.images.edit(model=model, image=two, prompt="a hat")
+        assert raised.value.body["param"] == "image"
     assert emulator.requests == []

@@ -24,7 +24,7 @@ from pipelines.types import GeneratedImage, GenerationRequest
 from server.backends.vendors.adapter import VendorBackend
 from server.backends.vendors.connection import RetryableError, UpstreamReply, Vendor, decode_b64
 from server.backends.vendors.sizes import DALL_E_2_SIZES, DALL_E_3_SIZES, GPT_IMAGE_SIZES, nearest_size
-from server.errors import ContentPolicyViolation, UpstreamError
+from server.errors import ContentPolicyViolation, InvalidRequest, UpstreamError
 from server.settings import OpenAIProviderSettings
 
 logger = logging.getLogger(__name__)
@@ -122,8 +122,16 @@ class OpenAIImagesBackend(VendorBackend):
         PNG whose transparent pixels mark where to edit), no `style` or `quality`."""
         edit = request.edit
         assert edit is not None
-        params = {k: v for k, v in params.items() if k not in ("style", "quality")}
+        gpt = is_gpt_image(params["model"])
+        params = {k: v for k, v in params.items() if k != "style" and (gpt or k != "quality")}
         params["image"] = ("image.png", encode_rgba(edit.image), "image/png")
+        if edit.references:
+            if not gpt:
+                raise InvalidRequest(f"{params['model']} edits one image; several need a GPT image model.",
+                                     param="image")
+            params["image"] = [params["image"], *(
+                (f"reference-{index}.png", encode_rgba(pixels), "image/png")
+                for index, pixels in enumerate(edit.references, start=1))]
         if edit.variation:
             params.pop("prompt", None)
         elif edit.mask is not None:

@@ -74,6 +74,31 @@ class OpenAIEmulator(EmulatorBase):
         text = "".join(f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n" for name, data in events)
         return Response(text, media_type="text/event-stream")
 
+    def _gpt_edit(self, fields: dict[str, Any], form_files: list[tuple[str, bytes]]) -> Response:
+        """GPT image edits: up to 16 images (`image` or `image[]`), an optional mask (the first image's size), a
+        prompt, GPT sizes and qualities, no `response_format`: always base64."""
+        images = [data for name, data in form_files if name in ("image", "image[]")]
+        if not 1 <= len(images) <= 16:
+            return self._error(400, "Between 1 and 16 images are required.", param="image")
+        if "response_format" in fields:
+            return self._error(400, "Unknown parameter: 'response_format'.", param="response_format",
+                               code="unknown_parameter")
+        if not fields.get("prompt"):
+            return self._error(400, "Missing required parameter: 'prompt'.", param="prompt")
+        masks = [data for name, data in form_files if name == "mask"]
+        if masks and _png_size(masks[0]) != _png_size(images[0]):
+            return self._error(400, "Invalid mask image: must be the same size as the first image.", param="mask")
+        size = fields.get("size", "auto")
+        if size not in SIZES["gpt-image"]:
+            return self._error(400, f"Invalid size '{size}'.", param="size", code="invalid_value")
+        width, height = (1024, 1024) if size == "auto" else map(int, size.split("x"))
+        data = [{"b64_json": base64.b64encode(png(width, height, (5, 150, 60))).decode()}
+                for _ in range(int(fields.get("n", 1)))]
+        return JSONResponse({"created": int(time.time()), "data": data, "size": f"{width}x{height}",
+                             "output_format": "png", "quality": fields.get("quality", "auto"),
+                             "usage": {"input_tokens": 10, "output_tokens": 100, "total_tokens": 110,
+                                       "input_tokens_details": {"image_tokens": 5, "text_tokens": 5}}})
+
     async def edit(self, request: Request) -> Response:
         return await self._from_image(request, "edit")
 
@@ -89,12 +114,16 @@ class OpenAIEmulator(EmulatorBase):
             return scripted
         form = await request.form()
         fields = {name: value for name, value in form.multi_items() if not hasattr(value, "read")}
-        files = {name: await value.read() for name, value in form.multi_items() if hasattr(value, "read")}
-        rec.body = {**fields, "files": files}
+        form_files = [(name, await value.read()) for name, value in form.multi_items() if hasattr(value, "read")]
+        files = dict(form_files)
+        rec.body = {**fields, "files": files, "file_list": form_files}
         auth = request.headers.get("authorization", "")
         if auth[7:] != self.key:
             return self._error(401, "Incorrect API key provided.", code="invalid_api_key")
-        if fields.get("model", "dall-e-2") != "dall-e-2":
+        model = fields.get("model", "dall-e-2")
+        if model.startswith("gpt-image") and route == "edit":
+            return self._gpt_edit(fields, form_files)
+        if model != "dall-e-2":
             return self._error(400, "Invalid model.", param="model", code="invalid_value")
         image = files.get("image")
         if not image or not image.startswith(b"\x89PNG") or len(image) >= 4 * 1024 * 1024:
