@@ -84,6 +84,8 @@ def headers_of(error: ImageServeError) -> dict[str, str]:
         return {"Retry-After": str(error.retry_after)}
     if isinstance(error, AuthenticationError):
         return {"WWW-Authenticate": "Bearer"}
+    if isinstance(error, ModelUnavailable):  # a setup problem (no key, no weights, no device): retrying won't help
+        return {"x-should-retry": "false"}
     return {}
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from pipelines.errors import ModelUnavailable
 from server.accounts.credentials import Principal
 from server.api.body import read_limited
 from server.api.deps import Authenticated, ImageRequestId, with_cancellation
@@ -61,7 +62,20 @@ async def _generate(
     # Image links use IMAGESERVE_PUBLIC_URL, else the address this client reached us at: a server
     # listening on 0.0.0.0 (e.g. in Docker) must not hand out links to 127.0.0.1.
     generation, spec, delivery = _request(request, body, request_id)
-    return await request.app.state.service.generate(generation, spec, delivery, principal)
+    try:
+        return await request.app.state.service.generate(generation, spec, delivery, principal)
+    except ModelUnavailable as exc:
+        if body.model is not None:
+            raise
+        raise default_model_unavailable(exc, request.app.state) from None
+
+
+def default_model_unavailable(exc: ModelUnavailable, state: Any) -> ModelUnavailable:
+    """The request named no model and the default one cannot run: say so, and what can."""
+    ready = [spec.id for spec in state.registry if state.backends[spec.id].readiness().ready]
+    return ModelUnavailable(f"{exc.message} The request named no model, so the default one "
+                            f"('{state.settings.default_model}', IMAGESERVE_DEFAULT_MODEL) was used; name a model "
+                            f"or change the default. Ready now: {', '.join(ready) or 'none'}.")
 
 
 def _request(request: Request, body: ImageGenerationBody, request_id: str) -> tuple[Any, Any, Delivery]:

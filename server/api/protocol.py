@@ -27,7 +27,7 @@ class ImageGenerationBody(BaseModel):
 
     prompt: StrictStr = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     model: StrictStr | None = None
-    n: StrictInt | None = Field(default=None, ge=1, le=10)
+    n: StrictInt | None = Field(default=None, ge=1)  # the bound is the model's (`_check_model_rules`), said once
     size: StrictStr | None = None
     quality: Literal["standard", "hd"] | None = None
     style: Literal["vivid", "natural"] | None = None
@@ -138,7 +138,7 @@ def _check_model_rules(body: ImageGenerationBody, spec: ModelSpec) -> None:
         raise InvalidRequest("A streamed answer carries its images as base64: leave out response_format=url.",
                              param="response_format")
     n = body.n or 1
-    if n > spec.max_images:
+    if n > spec.max_images:  # every model's max is at most 10, OpenAI's bound
         detail = "only n=1 is supported" if spec.max_images == 1 else f"n must be between 1 and {spec.max_images}"
         raise InvalidRequest(f"Invalid value for 'n': {n}. For model '{spec.id}', {detail}.", param="n")
     if body.quality is not None and body.quality not in spec.qualities:

@@ -126,7 +126,7 @@ class S3ImageStore(SweepingStore):
 
     def open(self, name: str, expires: str | None, signature: str | None) -> StoredImage:
         """Proxy mode: check our signed link, then stream the object from the store."""
-        self._signer.verify(name, expires, signature, self.clock())
+        valid_until = self._signer.verify(name, expires, signature, self.clock())
         try:
             found = self._client.get_object(Bucket=self.location.bucket, Key=self.location.prefix + name)
         except ClientError as exc:
@@ -135,7 +135,9 @@ class S3ImageStore(SweepingStore):
             raise StorageUnavailable("The image store is not answering. Retry in a few seconds.") from None
         except BotoCoreError:
             raise StorageUnavailable("The image store is not answering. Retry in a few seconds.") from None
-        return StoredImage(media_type(name), chunks=_chunks(found["Body"]), size=found.get("ContentLength"))
+        stored_at = found.get("LastModified")
+        return StoredImage(media_type(name), chunks=_chunks(found["Body"]), size=found.get("ContentLength"),
+                           expires=valid_until, modified=stored_at.timestamp() if stored_at else None)
 
     def delete_expired(self) -> int:
         """Delete the objects under the prefix whose links have all expired; return how many."""

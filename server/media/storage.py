@@ -81,14 +81,15 @@ class FileImageStore(SweepingStore):
     def open(self, name: str, expires: str | None, signature: str | None) -> StoredImage:
         """Check a signed link and return the file, or raise a 4xx."""
         try:
-            self._signer.verify(name, expires, signature, self.clock())
+            valid_until = self._signer.verify(name, expires, signature, self.clock())
         except LinkExpired:
             (self.directory / name).unlink(missing_ok=True)
             raise
         path = self.directory / name
         if not path.is_file():
             raise NotFound("No such image (it may have expired and been deleted).")
-        return StoredImage(media_type(name), path=path)
+        # The file's mtime is its expiry (for the sweep); it was written one lifetime before that.
+        return StoredImage(media_type(name), path=path, expires=valid_until, modified=path.stat().st_mtime - self._ttl)
 
     def delete_expired(self) -> int:
         """Delete files whose links have all expired; return how many."""

@@ -7,7 +7,7 @@ Stores: `server.media.storage.FileImageStore` (the data dir, the default) and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,9 +25,13 @@ class StoredImage:
     path: Path | None = None
     chunks: Iterator[bytes] | None = None
     size: int | None = None
+    expires: int | None = None  # when its link expires (unix seconds): no cache may keep it longer
+    modified: float | None = None  # when it was stored
 
 
 class ImageStore(Protocol):
+    clock: Callable[[], float]  # the store's time (unix seconds): links expire by it
+
     def describe(self) -> str:
         """Where images go, for the start-up log."""
         ...
