@@ -1,7 +1,7 @@
 """The `imageserve` command: the parser over every command group, and `main`, which runs one.
 
 Each group lives in its own module and registers itself: `serve`, `models` and `pull`, `doctor`, `bench`,
-`keys`, `usage`. Errors a user can fix (a missing file, a bad setting) end the command with one line on
+`keys`, `usage`, `generate`. Errors a user can fix (a missing file, a bad setting) end the command with one line on
 stderr and exit status 2, never a traceback.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from server.cli.bench import add_bench_command
 from server.cli.doctor import add_doctor_command
+from server.cli.generate import add_generate_command
 from server.cli.keys import add_keys_command
 from server.cli.models import add_model_commands
 from server.cli.serve import add_serve_command
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_command(commands)
     add_keys_command(commands)
     add_usage_command(commands)
+    add_generate_command(commands)
     return parser
 
 
