@@ -217,6 +217,9 @@ class ModelRegistry:
                     raise ValueError(f"[models.{model_id}] is not a built-in model, so it needs `kind` (sd3, flux, "
                                      "simulated, ...: see the README) and, for sd3 or flux, a `source`")
                 fields.setdefault("provider", "local")
+                twin = next((m for m in DEFAULT_MODELS if m.kind == fields["kind"] and m.is_local), None)
+                if twin is not None:  # e.g. fine-tuned FLUX weights: what the built-in FLUX takes, by default
+                    fields = {**{name: getattr(twin, name) for name in _TWIN_FIELDS}, **fields}
                 fields.setdefault("sizes", ("1024x1024",))
                 fields.setdefault("max_images", 4)
                 fields.setdefault("price_usd", 0.0)
@@ -231,6 +234,12 @@ class ModelRegistry:
 
     def ids(self) -> list[str]:
         return list(self._models)
+
+
+# What a model added in the settings with a local kind (`kind = "flux"`, a folder of fine-tuned weights) takes
+# from the built-in model of that kind unless its table says otherwise.
+_TWIN_FIELDS = ("sizes", "custom_sizes", "extra_params", "default_steps", "default_guidance", "max_sequence_length",
+                "inpainting", "max_images")
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
