@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Collection
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.errors import ImageServeError
@@ -82,7 +83,9 @@ def create_app(settings: Settings, usage: UsageGate | None = None, *,
         async with running(components):
             yield
 
-    app = FastAPI(title="imageserve", version=__version__, lifespan=lifespan)
+    # /docs and /redoc with their assets served from the fastapi-offline package: no request to a CDN, so the
+    # reference works on the air-gapped hosts this server is made for.
+    app = FastAPIOffline(title="imageserve", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
     app.state.service = service
