@@ -81,6 +81,7 @@ def create_app(settings: Settings, usage: UsageGate | None = None, *,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running(components):
+            logger.info("%s", startup_summary(settings, registry, backends))
             yield
 
     # /docs and /redoc with their assets served from the fastapi-offline package: no request to a CDN, so the
@@ -99,6 +100,19 @@ def create_app(settings: Settings, usage: UsageGate | None = None, *,
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def startup_summary(settings: Settings, registry: ModelRegistry, backends: dict[str, ImageBackend]) -> str:
+    """One block for the start-up log: what is ready, the default model and whether it is, where to go."""
+    ready = [spec.id for spec in registry if backends[spec.id].readiness().ready]
+    default = settings.default_model
+    state = "ready" if default in ready else f"NOT ready: {backends[default].readiness().detail}"
+    base = settings.base_url
+    return (f"imageserve is serving on {base}\n"
+            f"  ready models:  {', '.join(ready) or 'none'}\n"
+            f"  default model: {default} ({state}; change it with IMAGESERVE_DEFAULT_MODEL)\n"
+            f"  playground:    {base}/playground\n"
+            f"  API reference: {base}/docs    OpenAI base URL: {base}/v1")
 
 
 def build_backends(registry: ModelRegistry, settings: Settings, metrics: Metrics,

@@ -51,3 +51,17 @@ def test_image_links_say_when_the_image_was_made_and_are_never_cached_beyond_the
     assert before - 2 <= modified <= time.time() + 1  # not an hour in the future
     max_age = int(fetched.headers["cache-control"].split("max-age=")[1])
     assert 0 < max_age <= 120
+
+
+def test_the_start_log_says_what_is_ready_and_where_to_go(tmp_path: Path, model_cache: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="server.app")
+    with running_server(data_dir=tmp_path, model_cache=model_cache) as server:
+        pass
+    (block,) = [record.getMessage() for record in caplog.records if "imageserve is serving on" in record.getMessage()]
+    assert f"imageserve is serving on {server.base_url}" in block
+    assert "ready models:" in block and "tiny-flux" in block.split("ready models:")[1].splitlines()[0]
+    assert "default model: dall-e-3 (NOT ready: no OpenAI API key" in block
+    assert f"{server.base_url}/playground" in block and f"{server.base_url}/docs" in block
