@@ -24,7 +24,7 @@ from server.accounts.database import Database
 from server.accounts.keys import KeyStore
 from server.accounts.ledger import UsageLedger
 from server.accounts.setup import database_url, key_authenticator
-from server.api import edits, files, images, models, ops
+from server.api import edits, files, images, models, ops, playground
 from server.api import usage as usage_report
 from server.api.errors import install_error_handlers
 from server.backends.factory import build_backend
@@ -39,7 +39,8 @@ from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-ROUTERS = (usage_report.router, images.router, edits.router, models.router, files.router, ops.router)
+ROUTERS = (usage_report.router, images.router, edits.router, models.router, files.router, ops.router,
+           playground.router)
 
 
 # Builds the backend of a local model; the default runs it in this process (`build_backend`), the Ray cluster
