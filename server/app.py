@@ -27,6 +27,7 @@ from server.accounts.setup import database_url, key_authenticator
 from server.api import edits, files, images, models, ops, playground
 from server.api import usage as usage_report
 from server.api.errors import install_error_handlers
+from server.api.openapi import install_openapi
 from server.backends.factory import build_backend
 from server.content_policy import ContentPolicy
 from server.lifecycle import BackgroundTask, ClosedOnStop, Component, running
@@ -98,6 +99,7 @@ def create_app(settings: Settings, usage: UsageGate | None = None, *,
     app.state.ledger = ledger
     app.state.metrics = metrics
     install_error_handlers(app, metrics.observe_error)
+    install_openapi(app)  # every error response documented, no 422
     for router in ROUTERS:
         app.include_router(router)
     return app
