@@ -215,7 +215,7 @@ class ModelRegistry:
             else:
                 if "kind" not in fields:
                     raise ValueError(f"[models.{model_id}] is not a built-in model, so it needs `kind` (sd3, flux, "
-                                     "simulated, ...: see the README) and, for sd3 or flux, a `source`")
+                                     "simulated, ...: see docs/configuration.md) and, for sd3 or flux, a `source`")
                 fields.setdefault("provider", "local")
                 twin = next((m for m in DEFAULT_MODELS if m.kind == fields["kind"] and m.is_local), None)
                 if twin is not None:  # e.g. fine-tuned FLUX weights: what the built-in FLUX takes, by default
