@@ -47,6 +47,10 @@ def model_card(spec: ModelSpec, backend: ImageBackend) -> dict[str, Any]:
         "qualities": list(spec.qualities),
         "styles": list(spec.styles),
         "extra_params": sorted(spec.extra_params),
+        # What /v1/images/edits and /variations take for it (local models: both, a mask if it can inpaint).
+        "edits": {"edits": spec.is_local or spec.edits, "variations": spec.is_local or spec.variations,
+                  "mask": spec.inpainting if spec.is_local else spec.edits,
+                  "needs_mask": spec.edit_needs_mask},
         "ready": readiness.ready,
         "status": readiness.detail,
     }

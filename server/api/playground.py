@@ -1,7 +1,8 @@
 """`GET /playground`: a page to try the models from a browser; `GET /` sends you there.
 
 Plain HTML, CSS and JavaScript from `server/static/playground/` (package data), no CDN and no build step. The
-page calls the API itself (`/v1/models`, `/v1/images/generations`) with the key typed into it, kept in the
+page calls the API itself (`/v1/models`, `/v1/images/generations`, `/v1/images/edits` with a mask painted on a
+canvas) with the key typed into it, kept in the
 tab's sessionStorage only; the page and its assets need no key. Its Content-Security-Policy lets it reach
 this server and nothing else.
 """

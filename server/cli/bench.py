@@ -3,8 +3,8 @@
 Every `--model` runs against every `--base-url` (or against its own with `MODEL@URL`), one target after
 the other so they do not slow each other down, each with `--concurrency` clients sending `--requests`
 requests through the official `openai` client. The output folder gets `bench.json` (every request's
-latency, cost and `perf` fields), `bench.md` (p50, p95, images/s, cost per image) and `bench.png` (when
-matplotlib, the `bench` extra, is installed).
+latency, cost and `perf` fields), `bench.md` (p50, p95, images/s, cost per image) and `bench.png` (needs
+matplotlib, the `bench` extra: pip install 'imageserve[bench]'; without it the chart is skipped, and said so).
 
 Cost comes from the response's `perf.cost_usd` when the server sends one (ours does), else from
 `--price MODEL=USD`, else from the built-in price table (the registry's list prices per image).
@@ -28,14 +28,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from server.cli.bench_report import (
-    DEFAULT_PROMPT,
-    BenchOptions,
-    RequestRecord,
-    markdown_table,
-    summarize,
-    write_chart,
-)
+from server.cli.bench_chart import write_chart
+from server.cli.bench_report import DEFAULT_PROMPT, BenchOptions, RequestRecord, markdown_table, summarize
 from server.redaction import redact
 from server.registry import ModelRegistry
 
@@ -262,8 +256,9 @@ async def run_bench(targets: list[Target], options: BenchOptions, prices: PriceT
         results.append({"label": target.label, "base_url": target.shown_url, "model": target.model,
                         "summary": summarize(records, wall)})
     out.mkdir(parents=True, exist_ok=True)
+    created = datetime.now(UTC)
     report = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": created.isoformat(timespec="seconds"),
         "options": {k: v for k, v in asdict(options).items() if k != "progress"},
         "targets": results,
         "requests": [asdict(record) for record in all_records],
@@ -271,7 +266,8 @@ async def run_bench(targets: list[Target], options: BenchOptions, prices: PriceT
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     table = markdown_table(results, options)
     (out / "bench.md").write_text(table)
-    skipped = write_chart(results, all_records, out / "bench.png")
+    keys = [target.api_key for target in targets if target.api_key != NO_KEY]
+    skipped = write_chart(results, all_records, out / "bench.png", options, created, keys)
     report["chart_skipped"] = skipped
     print(table)
     print(skipped or f"chart: {out / 'bench.png'}")
@@ -295,15 +291,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if all(result["summary"]["ok"] for result in report["targets"]) else 1
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written; "(default: X)" after every option whose help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default:" in text or action.required or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
+
 def add_bench_command(commands: Any) -> None:
-    """Register `bench` on the CLI's subparsers."""
+    """Register `bench` on the CLI's subparsers; every option's help says its default."""
     bench = commands.add_parser("bench", help="measure latency, throughput and cost of images endpoints",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.add_argument("--base-url", action="append", help="OpenAI-compatible API base, e.g. "
-                       "http://127.0.0.1:8000/v1 (repeatable; default that one)")
+                                description=__doc__, formatter_class=_HelpFormatter)
+    bench.add_argument("--base-url", action="append", help="OpenAI-compatible API base (repeatable; default: "
+                       f"{DEFAULT_BASE_URL}, when some --model has no @URL)")
     bench.add_argument("--model", action="append", required=True,
-                       help="model id (repeatable); MODEL@URL runs it against that endpoint only")
-    bench.add_argument("--size", default="1024x1024")
+                       help="model id (repeatable; required, no default); MODEL@URL runs it against that "
+                       "endpoint only")
+    bench.add_argument("--size", default="1024x1024", help="image size WIDTHxHEIGHT")
     bench.add_argument("--n", type=int, default=1, help="images per request")
     bench.add_argument("--concurrency", type=int, default=4, help="clients sending at once, per target")
     bench.add_argument("--requests", type=int, default=16, help="requests per target")
@@ -316,12 +323,16 @@ def add_bench_command(commands: Any) -> None:
                        help="none: not sent (GPT image models refuse it); the endpoint's default answers")
     bench.add_argument("--quality", default=None,
                        help="sent as given, e.g. standard/hd (DALL-E 3) or low/medium/high/auto (GPT image "
-                       "models); default: not sent")
-    bench.add_argument("--prompt", default=DEFAULT_PROMPT)
-    bench.add_argument("--extra-body", default=None, help='JSON merged into the body, e.g. \'{"seed": 1}\'')
+                       "models) (default: not sent)")
+    bench.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt of every request")
+    bench.add_argument("--extra-body", default=None,
+                       help='JSON merged into the body, e.g. \'{"seed": 1}\' (default: nothing added)')
     bench.add_argument("--price", action="append", metavar="MODEL=USD",
-                       help="per-image price for models whose responses carry no perf.cost_usd")
+                       help="per-image price for models whose responses carry no perf.cost_usd (repeatable; "
+                       "default: the built-in price table, else the cost is unknown)")
     bench.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
-    bench.add_argument("--out", type=Path, default=None, help="output folder (default bench-results/<time>)")
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.add_argument("--out", type=Path, default=None,
+                       help="output folder (default: bench-results/<local time YYYYmmdd-HHMMSS>)")
+    bench.add_argument("--no-progress", action="store_true",
+                       help="no progress bar (default: a progress bar on stderr)")
     bench.set_defaults(handler=cmd_bench)

@@ -1,12 +1,11 @@
 """What `imageserve bench` records and reports: the options of a run, one record per request, the summary
-per target (p50, p95, images/s, cost per image), the Markdown table and the chart.
+per target (p50, p95, images/s, cost per image) and the Markdown table (the chart: bench_chart.py).
 """
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 DEFAULT_PROMPT = "A lighthouse on a cliff at dawn, waves below, photorealistic"
@@ -108,32 +107,3 @@ def markdown_table(results: list[dict[str, Any]], options: BenchOptions) -> str:
         lines += ["", "First error per target:", ""] + [f"- {label}: {error}" for label, error in errors]
     return "\n".join(lines) + "\n"
 
-
-def write_chart(results: list[dict[str, Any]], records: list[RequestRecord], path: Path) -> str | None:
-    """A PNG with latency per target, images/s and cost per image; returns why it was skipped, if it was."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install 'imageserve[bench]'); no chart written"
-    labels = [result["label"] for result in results]
-    figure, (latency_ax, rate_ax, cost_ax) = plt.subplots(1, 3, figsize=(15, 4.5))
-    samples = [[r.latency_s for r in records if r.target == label and r.ok] for label in labels]
-    latency_ax.boxplot(samples, showfliers=True)
-    latency_ax.set_xticks(range(1, len(labels) + 1), labels, rotation=20, ha="right", fontsize=8)
-    latency_ax.set_ylabel("latency (s)")
-    latency_ax.set_title("latency per request")
-    rates = [result["summary"]["images_per_s"] or 0.0 for result in results]
-    rate_ax.bar(labels, rates, color="tab:green")
-    rate_ax.set_title("throughput (images/s)")
-    costs = [result["summary"]["cost_usd_per_image"] or 0.0 for result in results]
-    cost_ax.bar(labels, costs, color="tab:orange")
-    cost_ax.set_title("cost per image (USD)")
-    for axis in (rate_ax, cost_ax):
-        axis.tick_params(axis="x", labelrotation=20, labelsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return None

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import importlib.util
 import json
+import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from openai.types import Image
 
-from server.cli.bench import PriceTable, answer_shape, build_targets, request_arguments
+from server.cli.bench import PriceTable, add_bench_command, answer_shape, build_targets, request_arguments
+from server.cli.bench_chart import CHART_SKIPPED
 from server.cli.bench_report import BenchOptions, RequestRecord, percentile, summarize
 from server.cli.main import main
 from tests.support.emulators.common import EmulatorServer, png
@@ -110,7 +114,7 @@ def test_bench_compares_two_models_against_a_real_server(tmp_path: Path, capsys:
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:
-        assert "no chart written" in capsys.readouterr().out
+        assert CHART_SKIPPED in capsys.readouterr().out
 
 
 def test_bench_records_errors_and_exits_nonzero(tmp_path: Path) -> None:
@@ -229,3 +233,36 @@ def test_api_key_help_matches_behaviour(capsys: pytest.CaptureFixture[str]) -> N
     assert "once for all endpoints" not in text
     assert "a single key (default: $OPENAI_API_KEY) only when there is one endpoint" in text
     assert "low/medium/high/auto" in text and "{b64_json,url,none}" in text
+
+
+def test_every_option_shows_its_default() -> None:
+    parsers = argparse.ArgumentParser().add_subparsers()
+    add_bench_command(parsers)
+    parser = parsers.choices["bench"]
+    text = parser.format_help().split("\noptions:\n", 1)[1]
+    entries = {match[1]: " ".join(match[2].split())
+               for match in re.finditer(r"^  (-[^\s,]+)(.*?)(?=^  -|\Z)", text, re.MULTILINE | re.DOTALL)}
+    options = [action.option_strings[-1] for action in parser._actions if action.dest != "help"]
+    assert len(options) == 16 and set(options) <= set(entries)
+    for option in options:
+        assert "default:" in entries[option] or "required, no default" in entries[option], (option, entries[option])
+    for option, default in (("--size", "1024x1024"), ("--n", "1"), ("--concurrency", "4"), ("--requests", "16"),
+                            ("--warmup", "0"), ("--timeout", "600.0"), ("--response-format", "b64_json"),
+                            ("--base-url", "http://127.0.0.1:8000/v1"), ("--api-key", "$OPENAI_API_KEY"),
+                            ("--quality", "not sent"), ("--out", "bench-results/<local time YYYYmmdd-HHMMSS>"),
+                            ("--prompt", "A lighthouse on a cliff at dawn")):
+        assert f"default: {default}" in entries[option], (option, entries[option])
+    assert "default: None" not in " ".join(entries.values())
+
+
+def test_without_matplotlib_the_json_and_markdown_are_written_and_one_line_says_why_no_chart(
+        openai_api: OpenAIEmulator, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as after `make serve`, which has no `bench` extra
+    assert bench(openai_api, tmp_path, "--model", "dall-e-2") == 0
+    assert json.loads((tmp_path / "bench.json").read_text())["targets"][0]["summary"]["ok"] == 2
+    assert "dall-e-2 @ 127.0.0.1" in (tmp_path / "bench.md").read_text()
+    assert not (tmp_path / "bench.png").exists()
+    printed = capsys.readouterr().out.splitlines()
+    assert [line for line in printed if "chart" in line] == [CHART_SKIPPED]
+    assert "pip install 'imageserve[bench]'" in CHART_SKIPPED

@@ -1,5 +1,6 @@
-// The imageserve playground: lists /v1/models, calls /v1/images/generations (streamed for local models) and
-// shows each image with its seed and perf block. No dependencies; talks to this server only.
+// The imageserve playground: lists /v1/models, calls /v1/images/generations or /v1/images/edits (an uploaded
+// image and a mask painted over it; streamed for local models) and shows each image with its seed and perf
+// block. No dependencies; talks to this server only.
 "use strict";
 
 (() => {
@@ -12,8 +13,21 @@
     seedField: $("seed-field"), seed: $("seed"), stepsField: $("steps-field"), steps: $("steps"),
     guidanceField: $("guidance-field"), guidance: $("guidance"), generate: $("generate"), busy: $("busy"),
     error: $("error"), current: $("current"), history: $("history-list"),
+    modeGenerate: $("mode-generate"), modeEdit: $("mode-edit"), editFields: $("edit-fields"),
+    image: $("edit-image"), stage: $("edit-stage"), picture: $("edit-canvas"), paint: $("mask-canvas"),
+    maskStatus: $("mask-status"), brush: $("brush-size"), brushValue: $("brush-size-value"),
+    strength: $("strength"), strengthValue: $("strength-value"), clearMask: $("clear-mask"),
   };
   let models = new Map();
+  let cards = []; // every model the server lists, in its order
+  let mode = "generate";
+  // The image being edited: the file as chosen, whether any paint is on the mask, the stroke being drawn.
+  const editor = { file: null, painted: false, stroke: null };
+
+  // Hosted models this server forwards edits to (docs/api.md, "Edits and variations"); every local model edits.
+  const HOSTED_EDITS = new Set(["dall-e-2", "flux-pro", "ideogram-2"]);
+  const EDIT_NEEDS_MASK = new Set(["ideogram-2"]);
+  const UPLOAD_TYPES = new Set(["image/png", "image/jpeg", "image/webp"]);
 
   const MEDIA = { png: "image/png", jpeg: "image/jpeg", webp: "image/webp" };
 
@@ -27,8 +41,8 @@
     return node;
   }
 
-  function headers() {
-    const result = { "Content-Type": "application/json" };
+  function headers(json = true) {
+    const result = json ? { "Content-Type": "application/json" } : {};
     const key = el.key.value.trim();
     if (key) result.Authorization = `Bearer ${key}`;
     return result;
@@ -60,14 +74,24 @@
     }
     showError("");
     const body = await response.json();
+    cards = body.data;
+    showModels();
+  }
+
+  function canEdit(card) { return card.local || HOSTED_EDITS.has(card.id); }
+
+  // The model list for the mode: in edit mode only the models that can edit (hosted ones disabled, with their
+  // reason, until their key is configured).
+  function showModels() {
     const previous = el.model.value;
-    models = new Map(body.data.map((card) => [card.id, card]));
+    const offered = mode === "edit" ? cards.filter(canEdit) : cards;
+    models = new Map(offered.map((card) => [card.id, card]));
     el.model.replaceChildren();
-    for (const card of body.data) {
+    for (const card of offered) {
       const label = card.ready ? `${card.id} (${card.provider})` : `${card.id}: unavailable, ${card.status}`;
       el.model.append(make("option", { value: card.id, text: label, disabled: !card.ready, title: card.status }));
     }
-    const ready = body.data.filter((card) => card.ready).map((card) => card.id);
+    const ready = offered.filter((card) => card.ready).map((card) => card.id);
     el.model.value = ready.includes(previous) ? previous : (ready[0] || "");
     applyModel();
   }
@@ -75,6 +99,7 @@
   function applyModel() {
     const card = models.get(el.model.value);
     el.generate.disabled = !card;
+    el.generate.textContent = mode === "edit" ? "Edit image" : "Generate";
     if (!card) {
       el.modelStatus.textContent = "No model is ready.";
       return;
@@ -83,11 +108,12 @@
     el.modelStatus.textContent = `${card.local ? "local" : "hosted"}, ${price}. ${card.status || ""}`.trim();
     const previousSize = el.size.value;
     el.size.replaceChildren();
+    if (mode === "edit") el.size.append(make("option", { value: "", text: "Same as the image" }));
     for (const size of card.sizes) {
       if (size === "custom") el.size.append(make("option", { value: "custom", text: "Custom…" }));
       else el.size.append(make("option", { value: size, text: size }));
     }
-    if (card.sizes.includes(previousSize)) el.size.value = previousSize;
+    if (card.sizes.includes(previousSize) || (mode === "edit" && previousSize === "")) el.size.value = previousSize;
     el.customField.hidden = el.size.value !== "custom";
     el.n.max = String(card.max_images || 1);
     if (Number(el.n.value) > card.max_images) el.n.value = String(card.max_images);
@@ -96,6 +122,136 @@
     el.seedField.hidden = !extra.has("seed");
     el.stepsField.hidden = !extra.has("num_inference_steps");
     el.guidanceField.hidden = !extra.has("guidance_scale");
+    if (mode === "edit" && EDIT_NEEDS_MASK.has(card.id)) {
+      el.modelStatus.textContent += ` Its edits need a mask: paint where to edit.`;
+    }
+  }
+
+  function setMode() {
+    mode = el.modeEdit.checked ? "edit" : "generate";
+    el.editFields.hidden = mode !== "edit";
+    if (mode === "edit") el.size.value = ""; // an edit keeps the input's size unless a size is chosen for it
+    showError("");
+    showModels();
+  }
+
+  // --- the image to edit and its mask -----------------------------------------------------------------------
+
+  function showMaskStatus() {
+    if (!editor.file) el.maskStatus.textContent = "Choose a PNG, JPEG or WebP image to edit.";
+    else if (editor.painted) el.maskStatus.textContent = "Mask painted: only the painted part is edited.";
+    else el.maskStatus.textContent = "No mask: the whole image is edited. Paint over it to edit only a part.";
+  }
+
+  async function chooseImage() {
+    const file = el.image.files && el.image.files[0];
+    editor.file = null;
+    editor.painted = false;
+    el.stage.hidden = true;
+    showError("");
+    if (file && !UPLOAD_TYPES.has(file.type)) {
+      showError("Choose a PNG, JPEG or WebP image.");
+      el.image.value = "";
+    } else if (file) {
+      const url = URL.createObjectURL(file);
+      try {
+        const picture = new Image();
+        picture.src = url;
+        await picture.decode();
+        // Both canvases at the image's natural size: strokes are drawn in its pixels, whatever its displayed size.
+        for (const canvas of [el.picture, el.paint]) {
+          canvas.width = picture.naturalWidth;
+          canvas.height = picture.naturalHeight;
+        }
+        el.picture.getContext("2d").drawImage(picture, 0, 0);
+        el.paint.getContext("2d").clearRect(0, 0, el.paint.width, el.paint.height);
+        editor.file = file;
+        el.stage.hidden = false;
+      } catch (_) {
+        showError("This file does not decode as an image.");
+        el.image.value = "";
+      } finally {
+        URL.revokeObjectURL(url);
+      }
+    }
+    showMaskStatus();
+  }
+
+  // A pointer position in the image's pixels, and the brush's width there (the brush size is in screen pixels).
+  function imagePoint(event) {
+    const box = el.paint.getBoundingClientRect();
+    const scale = el.paint.width / box.width;
+    return { x: (event.clientX - box.left) * scale, y: (event.clientY - box.top) * (el.paint.height / box.height),
+             width: Number(el.brush.value) * scale };
+  }
+
+  function paintStart(event) {
+    if (!editor.file || (event.pointerType === "mouse" && event.button !== 0)) return;
+    event.preventDefault();
+    el.paint.setPointerCapture(event.pointerId);
+    const point = imagePoint(event);
+    const context = el.paint.getContext("2d");
+    context.fillStyle = context.strokeStyle = "#ff2d55";
+    context.lineCap = context.lineJoin = "round";
+    context.beginPath();
+    context.arc(point.x, point.y, point.width / 2, 0, 2 * Math.PI);
+    context.fill();
+    editor.stroke = { id: event.pointerId, last: point };
+    if (!editor.painted) {
+      editor.painted = true;
+      showMaskStatus();
+    }
+  }
+
+  function paintMove(event) {
+    const stroke = editor.stroke;
+    if (!stroke || stroke.id !== event.pointerId) return;
+    event.preventDefault();
+    const context = el.paint.getContext("2d");
+    const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+    for (const each of events.length ? events : [event]) {
+      const point = imagePoint(each);
+      context.lineWidth = point.width;
+      context.beginPath();
+      context.moveTo(stroke.last.x, stroke.last.y);
+      context.lineTo(point.x, point.y);
+      context.stroke();
+      stroke.last = point;
+    }
+  }
+
+  function paintEnd(event) {
+    if (editor.stroke && editor.stroke.id === event.pointerId) editor.stroke = null;
+  }
+
+  function clearMask() {
+    el.paint.getContext("2d").clearRect(0, 0, el.paint.width, el.paint.height);
+    editor.painted = false;
+    showMaskStatus();
+  }
+
+  // The mask as OpenAI wants it: a PNG of the image's size, fully transparent where painted, opaque elsewhere
+  // (the brush's soft edges rounded to one or the other).
+  function maskBlob() {
+    const { width, height } = el.paint;
+    const mask = document.createElement("canvas");
+    mask.width = width;
+    mask.height = height;
+    const context = mask.getContext("2d", { willReadFrequently: true });
+    context.fillStyle = "#000";
+    context.fillRect(0, 0, width, height);
+    context.globalCompositeOperation = "destination-out";
+    context.drawImage(el.paint, 0, 0);
+    const pixels = context.getImageData(0, 0, width, height);
+    for (let i = 3; i < pixels.data.length; i += 4) {
+      const opaque = pixels.data[i] >= 128;
+      pixels.data[i] = opaque ? 255 : 0;
+      pixels.data[i - 1] = pixels.data[i - 2] = pixels.data[i - 3] = 0;
+    }
+    context.putImageData(pixels, 0, 0);
+    return new Promise((resolve, reject) => {
+      mask.toBlob((blob) => (blob ? resolve(blob) : reject(new Error("the mask could not be encoded"))), "image/png");
+    });
   }
 
   // --- the request ------------------------------------------------------------------------------------------
@@ -109,6 +265,7 @@
       output_format: el.format.value,
       response_format: "b64_json",
     };
+    if (!body.size) delete body.size; // edits: the input's size unless one was chosen
     const extra = new Set(card.extra_params || []);
     if (extra.has("negative_prompt") && el.negative.value.trim()) body.negative_prompt = el.negative.value;
     if (extra.has("seed") && el.seed.value !== "") body.seed = Number(el.seed.value);
@@ -121,19 +278,38 @@
     return body;
   }
 
-  async function generate(event) {
+  // The edit as multipart form data (OpenAI's fields, numbers as text), with the same fields as `body`.
+  async function editForm(card, body) {
+    const form = new FormData();
+    form.append("image", editor.file, editor.file.name || "image");
+    if (editor.painted) form.append("mask", await maskBlob(), "mask.png");
+    body.strength = Number(el.strength.value);
+    for (const [name, value] of Object.entries(body)) form.append(name, String(value));
+    return form;
+  }
+
+  async function submit(event) {
     event.preventDefault();
     const card = models.get(el.model.value);
     if (!card) return;
     showError("");
+    const editing = mode === "edit";
+    if (editing && !editor.file) {
+      showError("Choose an image to edit.");
+      return;
+    }
+    if (editing && EDIT_NEEDS_MASK.has(card.id) && !editor.painted) {
+      showError(`${card.id} edits need a mask: paint over the image where it should change.`);
+      return;
+    }
     el.generate.disabled = true;
-    el.busy.textContent = "Generating…";
+    el.busy.textContent = editing ? "Editing…" : "Generating…";
     el.current.replaceChildren();
     const body = requestBody(card);
     try {
-      const response = await fetch("/v1/images/generations", {
-        method: "POST", headers: headers(), body: JSON.stringify(body),
-      });
+      const response = editing
+        ? await fetch("/v1/images/edits", { method: "POST", headers: headers(false), body: await editForm(card, body) })
+        : await fetch("/v1/images/generations", { method: "POST", headers: headers(), body: JSON.stringify(body) });
       if (!response.ok) {
         showError(await errorMessage(response));
         return;
@@ -263,6 +439,18 @@
   el.key.addEventListener("change", loadModels);
   el.model.addEventListener("change", applyModel);
   el.size.addEventListener("change", () => { el.customField.hidden = el.size.value !== "custom"; });
-  el.form.addEventListener("submit", generate);
+  el.form.addEventListener("submit", submit);
+  el.modeGenerate.addEventListener("change", setMode);
+  el.modeEdit.addEventListener("change", setMode);
+  el.image.addEventListener("change", chooseImage);
+  el.paint.addEventListener("pointerdown", paintStart);
+  el.paint.addEventListener("pointermove", paintMove);
+  el.paint.addEventListener("pointerup", paintEnd);
+  el.paint.addEventListener("pointercancel", paintEnd);
+  el.clearMask.addEventListener("click", clearMask);
+  el.brush.addEventListener("input", () => { el.brushValue.textContent = `${el.brush.value} px`; });
+  el.strength.addEventListener("input", () => { el.strengthValue.textContent = el.strength.value; });
+  setMode();
+  showMaskStatus();
   loadModels();
 })();
