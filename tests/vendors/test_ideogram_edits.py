@@ -18,6 +18,8 @@ from PIL import Image
 from pipelines.types import ImageEdit
 from server.backends.vendors import ideogram
 from tests.support.constants import TEST_KEY, TEST_KEYS
+from tests.support.edit_images import photo as noise_photo
+from tests.support.edit_images import png, quarter_mask
 from tests.support.emulators.common import Fail
 from tests.support.emulators.ideogram_api import IdeogramEmulator
 from tests.support.server_harness import RunningServer, running_server
@@ -26,21 +28,8 @@ from tests.vendors.conftest import FAST, KEYS
 KEY = KEYS["ideogram"]
 
 
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def photo(width: int, height: int) -> np.ndarray:
-    return np.random.default_rng(5).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def quarter_mask(width: int, height: int) -> bytes:
-    """OpenAI's mask: fully transparent (edit) in the top-left quarter, opaque elsewhere."""
-    alpha = np.full((height, width), 255, np.uint8)
-    alpha[: height // 2, : width // 2] = 0
-    return png(np.dstack([np.zeros((height, width, 3), np.uint8), alpha]))
+def photo(width: int, height: int):  # noqa: ANN201 - an image array
+    return noise_photo(width, height, seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -265,10 +265,11 @@ class Vendor:
     # --- HTTP helpers ----
 
     async def _send(
-        self, method: str, url: str, *, headers: Mapping[str, str] | None, json: Any
+        self, method: str, url: str, *, headers: Mapping[str, str] | None, json: Any, **form: Any
     ) -> httpx.Response:
+        """One request; `form` may carry multipart `data` and `files` instead of `json`."""
         try:
-            return await self.http.request(method, url, headers=headers, json=json)
+            return await self.http.request(method, url, headers=headers, json=json, **form)
         except httpx.TimeoutException:
             raise RetryableError(f"timed out after {self.settings.timeout_seconds:g}s") from None
         except httpx.TransportError as exc:
@@ -283,11 +284,15 @@ class Vendor:
         headers: Mapping[str, str] | None = None,
         json: Any = None,
         classify: Classifier | None = None,
+        data: Mapping[str, str] | None = None,
+        files: Any = None,
     ) -> Any:
-        """One JSON call with retries and error mapping; returns the parsed body of a 2xx answer."""
+        """One call with retries and error mapping, its body JSON (or a multipart form: `data` and `files`);
+        returns the parsed JSON body of a 2xx answer."""
+        form = {"data": data, "files": files} if files is not None else {}
 
         async def attempt() -> Any:
-            response = await self._send(method, url, headers=headers, json=json)
+            response = await self._send(method, url, headers=headers, json=json, **form)
             body: Any = None
             try:
                 body = response.json()

@@ -21,12 +21,10 @@ import io
 import logging
 from typing import Any
 
-import httpx
-
 from pipelines.errors import ImageServeError
 from pipelines.types import GeneratedImage, GenerationRequest, ImageEdit
 from server.backends.vendors.adapter import VendorBackend
-from server.backends.vendors.connection import RetryableError, UpstreamReply, Vendor
+from server.backends.vendors.connection import UpstreamReply, Vendor
 from server.backends.vendors.sizes import IDEOGRAM_RESOLUTIONS, ideogram_resolution, nearest_size
 from server.errors import ContentPolicyViolation, InvalidRequest
 from server.settings import IdeogramProviderSettings
@@ -145,25 +143,9 @@ class IdeogramBackend(VendorBackend):
     async def _post_form(
         self, vendor: Vendor, url: str, what: str, headers: dict[str, str], fields: dict[str, str], files: Files
     ) -> Any:
-        """One multipart call with the vendor's retries and error mapping (`Vendor.request_json` sends JSON)."""
-
-        async def attempt() -> Any:
-            try:
-                response = await vendor.http.post(url, headers=headers, data=fields, files=files)
-            except httpx.TimeoutException:
-                raise RetryableError(f"timed out after {vendor.settings.timeout_seconds:g}s") from None
-            except httpx.TransportError as exc:
-                raise RetryableError(f"connection failed: {type(exc).__name__}") from None
-            body: Any = None
-            try:
-                body = response.json()
-            except ValueError:
-                if 200 <= response.status_code < 300:
-                    raise vendor.malformed(what) from None
-            vendor.raise_for_reply(UpstreamReply(response.status_code, response.headers, body), what, _classify)
-            return body
-
-        return await vendor.retrying(what, attempt)
+        """One multipart call with the vendor's retries and error mapping."""
+        return await vendor.request_json("POST", url, what=what, headers=headers, data=fields, files=files,
+                                         classify=_classify)
 
     async def _images(self, vendor: Vendor, request: GenerationRequest, answer: Any, what: str):
         """Download the images of a generation or edit answer; flagged ones are left out and counted."""
