@@ -219,10 +219,14 @@ def compare_ray(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "ray_version": importlib.metadata.version("ray"),
         "runs": [asyncio.run(measure_mode(mode, args)) for mode in ("process", "ray")],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ray-vs-process.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = ray_markdown(report)
-    (args.out / "ray-vs-process.md").write_text(markdown)
+    return write_report(args.out, "ray-vs-process", report, ray_markdown(report))
+
+
+def write_report(out: Path, name: str, report: dict[str, Any], markdown: str) -> dict[str, Any]:
+    """NAME.json and NAME.md under `out`; the Markdown printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown)
     print(markdown)
     return report
 
@@ -268,12 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "goal_efficiency": GOAL,
         "runs": [asyncio.run(measure(count, args)) for count in counts],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale-out.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = to_markdown(report)
-    (args.out / "scale-out.md").write_text(markdown)
-    print(markdown)
-    return report
+    return write_report(args.out, "scale-out", report, to_markdown(report))
 
 
 if __name__ == "__main__":
