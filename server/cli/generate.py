@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ def output_paths(out: Path, count: int) -> list[Path]:
 def cmd_generate(args: argparse.Namespace) -> int:
     import openai
 
+    for noisy in ("httpx", "httpx2", "openai"):  # one line per HTTP request is not news to someone at a prompt
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     api_key = args.api_key or os.environ.get("IMAGESERVE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
     client = openai.OpenAI(base_url=args.base_url, api_key=api_key, max_retries=0, timeout=args.timeout)
     request: dict[str, Any] = {"prompt": args.prompt, "n": args.n, "response_format": "b64_json"}
