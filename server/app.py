@@ -83,7 +83,7 @@ def create_app(settings: Settings, usage: UsageGate | None = None, *,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running(components):
-            logger.info("%s", startup_summary(settings, registry, backends))
+            logger.info("%s", startup_summary(settings, service))
             yield
 
     # /docs and /redoc with their assets served from the fastapi-offline package: no request to a CDN, so the
@@ -105,11 +105,11 @@ def create_app(settings: Settings, usage: UsageGate | None = None, *,
     return app
 
 
-def startup_summary(settings: Settings, registry: ModelRegistry, backends: dict[str, ImageBackend]) -> str:
+def startup_summary(settings: Settings, service: ImageService) -> str:
     """One block for the start-up log: what is ready, the default model and whether it is, where to go."""
-    ready = [spec.id for spec in registry if backends[spec.id].readiness().ready]
+    ready = service.ready_models()
     default = settings.default_model
-    state = "ready" if default in ready else f"NOT ready: {backends[default].readiness().detail}"
+    state = "ready" if default in ready else f"NOT ready: {service.backends[default].readiness().detail}"
     base = settings.base_url
     return (f"imageserve is serving on {base}\n"
             f"  ready models:  {', '.join(ready) or 'none'}\n"

@@ -100,6 +100,10 @@ class ImageService:
         # pool that key lookups and quota admission use, nor oversubscribe the CPU.
         self._encoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="encode")
 
+    def ready_models(self) -> list[str]:
+        """The ids of the models that can serve now (their backends' readiness), in the registry's order."""
+        return [model_id for model_id, backend in self.backends.items() if backend.readiness().ready]
+
     def close(self) -> None:
         self._encoder.shutdown(wait=False, cancel_futures=True)
 

@@ -137,8 +137,8 @@ async def _request_from_form(request: Request, form: FormData, request_id: str, 
         raise InvalidRequest("Unrecognized request argument supplied: mask (variations take no mask)", param="mask")
     if not images:
         raise InvalidRequest("image is required", param="image")
-    named = model_of(request, form)
-    if len(images) > 1 and (variation or named is None or named.provider != "openai"):
+    model = model_of(request, form)
+    if len(images) > 1 and (variation or model is None or model.provider != "openai"):
         raise InvalidRequest("Only one 'image' is taken here: several input images are for OpenAI's GPT image "
                              "models (an id mapped to one); the local models and the other vendors take one.",
                              param="image")
@@ -150,7 +150,6 @@ async def _request_from_form(request: Request, form: FormData, request_id: str, 
     if variation:
         fields["prompt"] = "a variation"  # checked like any prompt, then replaced by the empty prompt
     body: ImageGenerationBody = parse_fields(fields)
-    model = state.registry.get(body.model or settings.default_model)
     if model is not None and not model.is_local:  # what each hosted model takes, refused before any upload work
         if not (model.variations if variation else model.edits):
             raise InvalidRequest(f"Model '{model.id}' cannot {'make variations' if variation else 'edit images'} "

@@ -72,7 +72,7 @@ async def _generate(
 
 def default_model_unavailable(exc: ModelUnavailable, state: Any) -> ModelUnavailable:
     """The request named no model and the default one cannot run: say so, and what can."""
-    ready = [spec.id for spec in state.registry if state.backends[spec.id].readiness().ready]
+    ready = state.service.ready_models()
     return ModelUnavailable(f"{exc.message} The request named no model, so the default one "
                             f"('{state.settings.default_model}', IMAGESERVE_DEFAULT_MODEL) was used; name a model "
                             f"or change the default. Ready now: {', '.join(ready) or 'none'}.")

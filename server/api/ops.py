@@ -22,8 +22,7 @@ async def prometheus_metrics(request: Request) -> Response:
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
-    backends = request.app.state.backends
-    ready = [model_id for model_id, backend in backends.items() if backend.readiness().ready]
+    ready = request.app.state.service.ready_models()
     # Off the loop: the first call imports torch to ask about CUDA. None when all is well; else a
     # GPU box whose torch sees no CUDA device, with the fix.
     warning = await asyncio.to_thread(device_warning, request.app.state.settings.device)
