@@ -116,12 +116,21 @@ class DeviceStats:
 
 @dataclass
 class SchedulerStats:
-    batches: int = 0
-    images: int = 0
-    device_seconds: float = 0.0
     dropped_jobs: int = 0
     batch_sizes: list[int] = field(default_factory=list)
     devices: dict[str, DeviceStats] = field(default_factory=dict)
+
+    @property
+    def batches(self) -> int:
+        return sum(device.batches for device in self.devices.values())
+
+    @property
+    def images(self) -> int:
+        return sum(device.images for device in self.devices.values())
+
+    @property
+    def device_seconds(self) -> float:
+        return sum(device.device_seconds for device in self.devices.values())
 
 
 BatchCallback = Callable[[str, int, float], None]  # (device label, images in the batch, device seconds)
@@ -339,9 +348,6 @@ class BatchScheduler:
                 job.future.set_exception(error)
 
     def _record(self, label: str, size: int, device_s: float) -> None:
-        self.stats.batches += 1
-        self.stats.images += size
-        self.stats.device_seconds += device_s
         device = self.stats.devices[label]
         device.batches += 1
         device.images += size
